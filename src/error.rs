@@ -1,0 +1,90 @@
+//! The layer's own failures.
+//!
+//! The service keeps `Error = S::Error`: the layer's own failures become HTTP
+//! responses (an error would drop the connection without an answer), and the
+//! [`Error`] that caused one travels in the response's extensions so outer
+//! layers can inspect it.
+
+use std::{fmt, sync::Arc};
+
+/// A boxed error, as bodies and sources carry them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What kind of failure the layer answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request body could not be read (answered 400).
+    RequestBody,
+}
+
+/// A failure of the layer itself, found in the extensions of the response
+/// that answered it.
+///
+/// Cheap to clone: the source is shared.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    source: Option<Arc<BoxError>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(Arc::new(source.into())),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("source", &self.source.as_deref())
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ErrorKind::RequestBody => f.write_str("request body could not be read"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A failure shared by every reader of one upstream response body.
+#[derive(Clone)]
+pub(crate) struct SharedError(pub(crate) Arc<BoxError>);
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream response body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}

@@ -1,0 +1,505 @@
+//! Single flight: one upstream call for many concurrent identical requests.
+//!
+//! The first request for a key becomes the [`Leader`] of a [`Flight`]; later
+//! ones [`join`](Flight::join) it as followers. The leader's upstream response
+//! is published chunk by chunk into the flight; every reader (the leader's own
+//! caller and each follower) walks the same list of chunks at its own pace, so
+//! a follower that joins late first gets the chunks so far, then the rest
+//! live.
+//!
+//! Memory: while the response is being recorded, the flight holds at most the
+//! response limit (that is the record). Past the limit the record is dropped,
+//! the flight leaves the map (a newcomer could not see the start any more),
+//! chunks are released as soon as every reader has passed them, and the
+//! upstream body is read no faster than the slowest reader allows.
+//!
+//! Failure: if the leader stops before the response head is known (the inner
+//! service failed, panicked, or the leader was dropped), the flight is
+//! abandoned and its followers race to lead a new one: exactly one wins, the
+//! others follow it. Nobody waits on a leader that is gone.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::poll_fn,
+    mem,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+
+use crate::{
+    error::{BoxError, SharedError},
+    key::Key,
+    record::Record,
+};
+
+const SHARDS: usize = 64;
+
+/// The flights in progress, by key.
+pub(crate) struct Flights {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+type Shard = HashMap<Key, Arc<Flight>>;
+
+/// What a request is to a flight.
+pub(crate) enum Role {
+    Lead(Leader),
+    Follow(Arc<Flight>),
+}
+
+impl Flights {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
+        // Keys are SHA-256 output: any byte spreads them evenly.
+        lock(&self.shards[usize::from(key.as_bytes()[0]) % SHARDS])
+    }
+
+    /// Follows the flight in progress for `key`, or starts one led by the caller.
+    pub(crate) fn join_or_lead(self: &Arc<Self>, key: Key) -> Role {
+        let mut map = self.shard(&key);
+        if let Some(flight) = map.get(&key) {
+            return Role::Follow(Arc::clone(flight));
+        }
+        let flight = Arc::new(Flight::new(key));
+        map.insert(key, Arc::clone(&flight));
+        Role::Lead(Leader {
+            flights: Some(Arc::clone(self)),
+            flight,
+            finished: false,
+        })
+    }
+
+    /// A flight nobody can join: for a request that must reach the inner
+    /// service itself (a client's `no-cache`) but whose answer is recorded.
+    pub(crate) fn solo(key: Key) -> Leader {
+        Leader {
+            flights: None,
+            flight: Arc::new(Flight::new(key)),
+            finished: false,
+        }
+    }
+
+    fn remove(&self, flight: &Arc<Flight>) {
+        let mut map = self.shard(&flight.key);
+        if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(&flight.key);
+        }
+    }
+
+    /// How many flights are in progress.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// The response head every reader of a flight shares.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    /// The upstream headers, as the leader's own caller gets them.
+    pub(crate) headers: HeaderMap,
+    /// The headers followers get and a record keeps.
+    pub(crate) shared_headers: HeaderMap,
+    pub(crate) content_length: Option<u64>,
+    /// Whether the response will be stored if it completes within the limit.
+    pub(crate) storable: bool,
+}
+
+/// One upstream call and everyone waiting for it.
+pub(crate) struct Flight {
+    key: Key,
+    state: Mutex<State>,
+}
+
+struct State {
+    phase: Phase,
+    /// Readers and joiners waiting for something new.
+    waiters: Vec<Waker>,
+    /// Body chunks not yet released; `chunks[0]` is chunk number `base`.
+    chunks: VecDeque<Bytes>,
+    base: usize,
+    held: usize,
+    received: u64,
+    /// Whether every chunk is kept for the record.
+    recording: bool,
+    /// Position of each live reader (index of its next chunk), by slot.
+    positions: Vec<Option<usize>>,
+    readers: usize,
+    followers: u64,
+    /// The leader's body task, waiting for readers to make room.
+    driver: Option<Waker>,
+    end: Option<End>,
+}
+
+enum Phase {
+    /// The leader is looking up or calling upstream.
+    Pending,
+    /// The leader found a stored entry.
+    Replay(Arc<Record>),
+    /// The upstream answered; the body streams through `chunks`.
+    Live(Arc<Head>),
+    /// The leader stopped before a head: followers must take over.
+    Abandoned,
+}
+
+#[derive(Clone)]
+enum End {
+    Complete(Option<HeaderMap>),
+    Failed(SharedError),
+}
+
+/// What joining a flight gave a follower.
+pub(crate) enum Joined {
+    Replay(Arc<Record>),
+    Live(Arc<Head>, Reader),
+    /// The flight cannot serve this follower: lead or follow a new one.
+    Retry,
+}
+
+impl Flight {
+    fn new(key: Key) -> Self {
+        Self {
+            key,
+            state: Mutex::new(State {
+                phase: Phase::Pending,
+                waiters: Vec::new(),
+                chunks: VecDeque::new(),
+                base: 0,
+                held: 0,
+                received: 0,
+                recording: true,
+                positions: Vec::new(),
+                readers: 0,
+                followers: 0,
+                driver: None,
+                end: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Waits for the leader's outcome.
+    pub(crate) async fn join(self: &Arc<Self>) -> Joined {
+        poll_fn(|cx| {
+            let mut state = self.state();
+            match &state.phase {
+                Phase::Pending => {
+                    state.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Phase::Replay(record) => Poll::Ready(Joined::Replay(Arc::clone(record))),
+                // Chunks were released past the limit: the start is gone.
+                Phase::Live(_) if state.base > 0 => Poll::Ready(Joined::Retry),
+                Phase::Live(head) => {
+                    let head = Arc::clone(head);
+                    state.followers += 1;
+                    let reader = state.add_reader(self);
+                    Poll::Ready(Joined::Live(head, reader))
+                }
+                Phase::Abandoned => Poll::Ready(Joined::Retry),
+            }
+        })
+        .await
+    }
+
+    fn publish(&self, update: impl FnOnce(&mut State)) {
+        let waiters = {
+            let mut state = self.state();
+            update(&mut state);
+            mem::take(&mut state.waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl State {
+    fn add_reader(&mut self, flight: &Arc<Flight>) -> Reader {
+        let slot = match self.positions.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                self.positions.push(None);
+                self.positions.len() - 1
+            }
+        };
+        self.positions[slot] = Some(self.base);
+        self.readers += 1;
+        Reader {
+            flight: Arc::clone(flight),
+            slot,
+            next: self.base,
+            read: 0,
+            done: false,
+        }
+    }
+
+    /// Releases the chunks every reader has passed (only once not recording).
+    fn release(&mut self) {
+        if self.recording {
+            return;
+        }
+        let end = self.base + self.chunks.len();
+        let min = self
+            .positions
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(end);
+        while self.base < min {
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            self.held -= chunk.len();
+            self.base += 1;
+        }
+    }
+
+    fn wake_driver(&mut self) {
+        if let Some(driver) = self.driver.take() {
+            driver.wake();
+        }
+    }
+}
+
+/// The guard of a flight's one upstream call.
+///
+/// Dropping it before [`finish`](Leader::finish) abandons the flight, so a
+/// panic or a cancellation anywhere in the leader hands the call over to a
+/// follower instead of stranding it. Dropping it always takes the flight out
+/// of the map.
+pub(crate) struct Leader {
+    flights: Option<Arc<Flights>>,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+/// A body that reached its end.
+pub(crate) struct Completed {
+    /// The whole body, when it was recorded.
+    pub(crate) body: Option<Bytes>,
+    /// Followers that joined the live response.
+    pub(crate) followers: u64,
+    /// Body bytes received.
+    pub(crate) received: u64,
+}
+
+/// What happened to a pushed chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Recording,
+    /// This chunk took the body past the limit: the record is dropped.
+    Overflowed,
+    NotRecording,
+}
+
+impl Leader {
+    pub(crate) fn key(&self) -> &Key {
+        &self.flight.key
+    }
+
+    /// Answers the flight with a stored entry.
+    pub(crate) fn replay(mut self, record: Arc<Record>) {
+        self.flight
+            .publish(|state| state.phase = Phase::Replay(record));
+        self.finished = true;
+    }
+
+    /// Publishes the upstream head; returns the leader's own reader.
+    pub(crate) fn start(&self, head: Arc<Head>) -> Reader {
+        let mut reader = None;
+        self.flight.publish(|state| {
+            state.phase = Phase::Live(head);
+            reader = Some(state.add_reader(&self.flight));
+        });
+        reader.expect("set under the lock")
+    }
+
+    /// Publishes a body chunk. Past `limit` bytes the record is dropped.
+    pub(crate) fn push(&self, chunk: Bytes, limit: u64) -> Pushed {
+        let mut pushed = Pushed::NotRecording;
+        self.flight.publish(|state| {
+            state.received += chunk.len() as u64;
+            state.held += chunk.len();
+            state.chunks.push_back(chunk);
+            if state.recording {
+                pushed = if state.received > limit {
+                    state.recording = false;
+                    Pushed::Overflowed
+                } else {
+                    Pushed::Recording
+                };
+            }
+            state.release();
+        });
+        if pushed == Pushed::Overflowed {
+            self.unregister();
+        }
+        pushed
+    }
+
+    /// Once not recording, waits until the readers hold less than `window`
+    /// bytes. Returns `false` when no reader is left to serve.
+    pub(crate) async fn room(&self, window: usize) -> bool {
+        poll_fn(|cx| {
+            let mut state = self.flight.state();
+            if state.recording {
+                return Poll::Ready(true);
+            }
+            state.release();
+            if state.readers == 0 {
+                return Poll::Ready(false);
+            }
+            if state.held < window {
+                return Poll::Ready(true);
+            }
+            state.driver = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends the body. Returns the whole body when it was recorded.
+    pub(crate) fn complete(&mut self, trailers: Option<HeaderMap>) -> Completed {
+        let mut body = None;
+        let mut followers = 0;
+        let mut received = 0;
+        self.flight.publish(|state| {
+            followers = state.followers;
+            received = state.received;
+            if state.recording {
+                body = Some(match state.chunks.len() {
+                    0 => Bytes::new(),
+                    1 => state.chunks[0].clone(),
+                    _ => {
+                        let mut out = bytes::BytesMut::with_capacity(state.held);
+                        state.chunks.iter().for_each(|c| out.extend_from_slice(c));
+                        out.freeze()
+                    }
+                });
+            }
+            state.end = Some(End::Complete(trailers));
+        });
+        self.finished = true;
+        Completed {
+            body,
+            followers,
+            received,
+        }
+    }
+
+    /// Ends the body with an error every reader sees.
+    pub(crate) fn fail(mut self, error: BoxError) {
+        let error = SharedError(Arc::new(error));
+        self.flight
+            .publish(|state| state.end = Some(End::Failed(error)));
+        self.finished = true;
+    }
+
+    fn unregister(&self) {
+        if let Some(flights) = &self.flights {
+            flights.remove(&self.flight);
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.flight.publish(|state| match state.phase {
+                Phase::Pending => state.phase = Phase::Abandoned,
+                Phase::Live(_) if state.end.is_none() => {
+                    let error: BoxError = "the upstream call was abandoned".into();
+                    state.end = Some(End::Failed(SharedError(Arc::new(error))));
+                }
+                _ => {}
+            });
+        }
+        self.unregister();
+    }
+}
+
+/// One reader's view of a flight's response body.
+pub(crate) struct Reader {
+    flight: Arc<Flight>,
+    slot: usize,
+    next: usize,
+    /// Body bytes this reader has returned.
+    read: u64,
+    done: bool,
+}
+
+impl Reader {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut state = self.flight.state();
+        if let Some(chunk) = state.chunks.get(self.next - state.base).cloned() {
+            self.next += 1;
+            self.read += chunk.len() as u64;
+            state.positions[self.slot] = Some(self.next);
+            if !state.recording {
+                state.wake_driver();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match state.end.clone() {
+            None => {
+                state.waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+            Some(End::Complete(trailers)) => {
+                self.done = true;
+                Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+            }
+            Some(End::Failed(error)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+        }
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        let state = self.flight.state();
+        match &state.phase {
+            Phase::Live(head) if !self.done => match head.content_length {
+                Some(len) => SizeHint::with_exact(len.saturating_sub(self.read)),
+                None => SizeHint::default(),
+            },
+            _ => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut state = self.flight.state();
+        if let Some(position) = state.positions.get_mut(self.slot) {
+            *position = None;
+            state.readers -= 1;
+        }
+        state.wake_driver();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something ever did, the
+    // state is still consistent enough to serve and to abandon.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,556 @@
+//! Request fingerprints: what makes two requests "the same".
+//!
+//! A [`Key`] is the SHA-256 (all 256 bits) of a length-prefixed framing of:
+//!
+//! 1. a format version and the key kind (content or custom),
+//! 2. the namespace (bump it to invalidate everything, e.g. on a model change),
+//! 3. the method, the URI's scheme and authority (present on outbound client
+//!    requests, absent on inbound origin-form requests), the path,
+//! 4. the query pairs sorted by name (a stable sort, so repeated names keep
+//!    their order: `a=1&a=2` and `a=2&a=1` are different requests),
+//! 5. the configured vary headers, each with all of its values in order,
+//! 6. the body: raw, canonical JSON, or the output of a user normaliser.
+//!
+//! Every variable-length field is prefixed by its length and every list by its
+//! count, so no two different requests frame to the same bytes. The body comes
+//! last, after a tag byte naming how it was prepared, which lets canonical JSON
+//! stream straight into the hasher without an intermediate buffer.
+
+mod json;
+
+use std::{fmt, sync::Arc};
+
+use http::{request::Parts, HeaderName};
+use sha2::{Digest, Sha256};
+
+pub(crate) use json::IgnoreFields;
+
+/// Version of the framing below. Bump it when the framing changes, so that old
+/// entries are simply never found again.
+const FORMAT_VERSION: u8 = 1;
+
+const KIND_CONTENT: u8 = 0;
+const KIND_CUSTOM: u8 = 1;
+
+const BODY_RAW: u8 = 0;
+const BODY_JSON: u8 = 1;
+const BODY_NORMALIZED: u8 = 2;
+
+/// The fingerprint of a request: 32 bytes of SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// Wraps 32 raw bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hexadecimal, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+
+    /// Parses 64 hexadecimal characters.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first 8 bytes identify an entry in logs; the full key is in Display.
+        write!(f, "Key(")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "…)")
+    }
+}
+
+/// Rewrites a request body before it is hashed, so that bodies that mean the
+/// same thing share an entry.
+///
+/// Implemented for closures `Fn(&Parts, &[u8]) -> Vec<u8>`; [`TextNormalizer`]
+/// is a ready one.
+pub trait NormalizeBody: Send + Sync + 'static {
+    /// Returns the bytes to hash in place of `body`.
+    fn normalize(&self, parts: &Parts, body: &[u8]) -> Vec<u8>;
+}
+
+impl<F> NormalizeBody for F
+where
+    F: Fn(&Parts, &[u8]) -> Vec<u8> + Send + Sync + 'static,
+{
+    fn normalize(&self, parts: &Parts, body: &[u8]) -> Vec<u8> {
+        self(parts, body)
+    }
+}
+
+/// Lower-cases text and collapses runs of white space into one space, so that
+/// `"Hello  World\n"` and `"hello world"` share an entry.
+///
+/// Bodies that are not UTF-8 are hashed unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextNormalizer;
+
+impl NormalizeBody for TextNormalizer {
+    fn normalize(&self, _parts: &Parts, body: &[u8]) -> Vec<u8> {
+        match std::str::from_utf8(body) {
+            Ok(text) => {
+                let mut out = String::with_capacity(text.len());
+                for word in text.split_whitespace() {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.extend(word.chars().flat_map(char::to_lowercase));
+                }
+                out.into_bytes()
+            }
+            Err(_) => body.to_vec(),
+        }
+    }
+}
+
+/// Supplies the whole key material for a request, replacing the content
+/// fingerprint.
+///
+/// Return `None` to let the request bypass the layer. The returned bytes are
+/// hashed together with the namespace, so keys stay 256 bits and namespaced.
+/// Implemented for closures `Fn(&Parts, &[u8]) -> Option<Vec<u8>>`.
+pub trait MakeKey: Send + Sync + 'static {
+    /// The key material for this request, or `None` to bypass.
+    fn make_key(&self, parts: &Parts, body: &[u8]) -> Option<Vec<u8>>;
+}
+
+impl<F> MakeKey for F
+where
+    F: Fn(&Parts, &[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
+    fn make_key(&self, parts: &Parts, body: &[u8]) -> Option<Vec<u8>> {
+        self(parts, body)
+    }
+}
+
+/// How the body enters the key.
+#[derive(Clone)]
+pub(crate) enum BodyMode {
+    /// Canonical JSON for JSON content types, raw bytes otherwise.
+    Json(IgnoreFields),
+    /// Raw bytes, always.
+    Raw,
+    /// A user normaliser.
+    Normalize(Arc<dyn NormalizeBody>),
+}
+
+/// What goes into a key, fixed when the layer is built.
+#[derive(Clone)]
+pub(crate) struct KeySpec {
+    pub(crate) namespace: String,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) body: BodyMode,
+    pub(crate) custom: Option<Arc<dyn MakeKey>>,
+}
+
+/// The headers that keep tenants and representations apart by default.
+pub(crate) fn default_vary() -> Vec<HeaderName> {
+    use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, COOKIE};
+    vec![
+        AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+        COOKIE,
+        CONTENT_TYPE,
+        ACCEPT,
+        ACCEPT_ENCODING,
+    ]
+}
+
+impl Default for KeySpec {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            vary: default_vary(),
+            body: BodyMode::Json(IgnoreFields::default()),
+            custom: None,
+        }
+    }
+}
+
+impl KeySpec {
+    /// The key of a request, or `None` when a custom key function declined it.
+    pub(crate) fn key(&self, parts: &Parts, body: &[u8]) -> Option<Key> {
+        let mut hasher = Sha256::new();
+        self.frame(parts, body, &mut hasher)?;
+        Some(Key(hasher.finalize().into()))
+    }
+
+    /// Writes the framing of a request into `sink`.
+    pub(crate) fn frame(&self, parts: &Parts, body: &[u8], sink: &mut impl Sink) -> Option<()> {
+        if let Some(custom) = &self.custom {
+            let material = custom.make_key(parts, body)?;
+            sink.put(&[FORMAT_VERSION, KIND_CUSTOM]);
+            field(sink, self.namespace.as_bytes());
+            field(sink, &material);
+            return Some(());
+        }
+
+        sink.put(&[FORMAT_VERSION, KIND_CONTENT]);
+        field(sink, self.namespace.as_bytes());
+        field(sink, parts.method.as_str().as_bytes());
+        field(sink, parts.uri.scheme_str().unwrap_or("").as_bytes());
+        field(
+            sink,
+            parts.uri.authority().map_or("", |a| a.as_str()).as_bytes(),
+        );
+        field(sink, parts.uri.path().as_bytes());
+
+        let mut pairs: Vec<&str> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .collect();
+        pairs.sort_by_key(|pair| pair.split('=').next());
+        count(sink, pairs.len());
+        pairs.iter().for_each(|pair| field(sink, pair.as_bytes()));
+
+        count(sink, self.vary.len());
+        for name in &self.vary {
+            field(sink, name.as_str().as_bytes());
+            let values = parts.headers.get_all(name);
+            count(sink, values.iter().count());
+            values
+                .iter()
+                .for_each(|value| field(sink, value.as_bytes()));
+        }
+
+        self.frame_body(parts, body, sink);
+        Some(())
+    }
+
+    fn frame_body(&self, parts: &Parts, body: &[u8], sink: &mut impl Sink) {
+        match &self.body {
+            BodyMode::Json(ignore) if is_json(parts) => {
+                // Canonicalise into a scratch sink first: a body that is not
+                // valid JSON must hash raw, and we only know at the end.
+                let mut canonical = Vec::with_capacity(body.len());
+                if json::canonicalize(body, ignore, &mut canonical).is_ok() {
+                    sink.put(&[BODY_JSON]);
+                    sink.put(&canonical);
+                    return;
+                }
+                sink.put(&[BODY_RAW]);
+                sink.put(body);
+            }
+            BodyMode::Json(_) | BodyMode::Raw => {
+                sink.put(&[BODY_RAW]);
+                sink.put(body);
+            }
+            BodyMode::Normalize(normalizer) => {
+                let normalized = normalizer.normalize(parts, body);
+                sink.put(&[BODY_NORMALIZED]);
+                sink.put(&normalized);
+            }
+        }
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `+json`).
+pub(crate) fn is_json(parts: &Parts) -> bool {
+    let Some(value) = parts.headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Where framed bytes go: a hasher, or a buffer in tests.
+pub(crate) trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+fn count(sink: &mut impl Sink, n: usize) {
+    sink.put(&(n as u64).to_be_bytes());
+}
+
+fn field(sink: &mut impl Sink, bytes: &[u8]) {
+    count(sink, bytes.len());
+    sink.put(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(builder: http::request::Builder) -> Parts {
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn key(spec: &KeySpec, builder: http::request::Builder, body: &str) -> Key {
+        spec.key(&parts(builder), body.as_bytes()).unwrap()
+    }
+
+    fn post(uri: &str) -> http::request::Builder {
+        Request::post(uri).header("content-type", "application/json")
+    }
+
+    #[test]
+    fn same_request_same_key() {
+        let spec = KeySpec::default();
+        assert_eq!(
+            key(&spec, post("/v1/chat"), r#"{"a":1}"#),
+            key(&spec, post("/v1/chat"), r#"{"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn json_key_order_and_whitespace_do_not_matter() {
+        let spec = KeySpec::default();
+        assert_eq!(
+            key(
+                &spec,
+                post("/"),
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+            ),
+            key(
+                &spec,
+                post("/"),
+                "{ \"messages\" : [ {\"content\":\"hi\", \"role\":\"user\"} ],\n \"model\":\"m\" }"
+            )
+        );
+    }
+
+    #[test]
+    fn json_values_are_not_touched() {
+        let spec = KeySpec::default();
+        assert_ne!(
+            key(&spec, post("/"), r#"{"t":1}"#),
+            key(&spec, post("/"), r#"{"t":1.0}"#)
+        );
+        assert_ne!(
+            key(&spec, post("/"), r#"{"n":12345678901234567890123}"#),
+            key(&spec, post("/"), r#"{"n":12345678901234567890124}"#)
+        );
+        assert_ne!(
+            key(&spec, post("/"), r#"[1,2]"#),
+            key(&spec, post("/"), r#"[2,1]"#)
+        );
+    }
+
+    #[test]
+    fn invalid_json_hashes_raw() {
+        let spec = KeySpec::default();
+        let a = key(&spec, post("/"), "{not json");
+        let b = key(&spec, post("/"), "{not  json");
+        assert_ne!(a, b);
+        assert_eq!(a, key(&spec, post("/"), "{not json"));
+    }
+
+    #[test]
+    fn non_json_bodies_hash_raw() {
+        let spec = KeySpec::default();
+        let text = |body| {
+            key(
+                &spec,
+                Request::post("/").header("content-type", "text/plain"),
+                body,
+            )
+        };
+        assert_ne!(text(r#"{"a":1}"#), text(r#"{ "a":1}"#));
+    }
+
+    #[test]
+    fn everything_in_the_key_changes_it() {
+        let spec = KeySpec::default();
+        let base = key(&spec, post("/a?x=1"), "{}");
+        assert_ne!(base, key(&spec, post("/b?x=1"), "{}"));
+        assert_ne!(base, key(&spec, post("/a?x=2"), "{}"));
+        assert_ne!(base, key(&spec, post("/a?x=1"), "[]"));
+        assert_ne!(
+            base,
+            key(
+                &spec,
+                post("/a?x=1").header("authorization", "Bearer t"),
+                "{}"
+            )
+        );
+        assert_ne!(
+            base,
+            key(&spec, post("/a?x=1").header("x-api-key", "k"), "{}")
+        );
+        assert_ne!(
+            base,
+            key(
+                &spec,
+                post("/a?x=1").header("accept", "text/event-stream"),
+                "{}"
+            )
+        );
+        assert_ne!(
+            base,
+            key(
+                &spec,
+                Request::put("/a?x=1").header("content-type", "application/json"),
+                "{}"
+            )
+        );
+        assert_ne!(base, key(&spec, post("http://api.example/a?x=1"), "{}"));
+        let other_ns = KeySpec {
+            namespace: "model-v2".into(),
+            ..KeySpec::default()
+        };
+        assert_ne!(base, key(&other_ns, post("/a?x=1"), "{}"));
+    }
+
+    #[test]
+    fn headers_outside_vary_do_not_change_it() {
+        let spec = KeySpec::default();
+        assert_eq!(
+            key(&spec, post("/").header("x-request-id", "1"), "{}"),
+            key(&spec, post("/").header("x-request-id", "2"), "{}")
+        );
+    }
+
+    #[test]
+    fn query_pairs_sorted_by_name_stable_for_repeats() {
+        let spec = KeySpec::default();
+        let get = |uri| key(&spec, Request::get(uri), "");
+        assert_eq!(get("/s?b=2&a=1"), get("/s?a=1&b=2"));
+        assert_ne!(get("/s?a=1&a=2"), get("/s?a=2&a=1"));
+        assert_eq!(get("/s?a=1&b=2&a=3"), get("/s?a=1&a=3&b=2"));
+    }
+
+    #[test]
+    fn framing_is_length_prefixed() {
+        // Moving bytes between adjacent fields must change the framing.
+        let spec = KeySpec {
+            vary: vec![
+                HeaderName::from_static("x-a"),
+                HeaderName::from_static("x-b"),
+            ],
+            ..KeySpec::default()
+        };
+        let framed = |builder: http::request::Builder| {
+            let mut out = Vec::new();
+            spec.frame(&parts(builder), b"", &mut out).unwrap();
+            out
+        };
+        assert_ne!(
+            framed(Request::get("/").header("x-a", "ab").header("x-b", "c")),
+            framed(Request::get("/").header("x-a", "a").header("x-b", "bc"))
+        );
+        assert_ne!(
+            framed(Request::get("/?ab&c")),
+            framed(Request::get("/?a&bc"))
+        );
+    }
+
+    #[test]
+    fn ignored_fields_do_not_matter() {
+        let spec = KeySpec {
+            body: BodyMode::Json(IgnoreFields::new(["user", "metadata.request_id"])),
+            ..KeySpec::default()
+        };
+        assert_eq!(
+            key(
+                &spec,
+                post("/"),
+                r#"{"q":1,"user":"a","metadata":{"request_id":"x","k":1}}"#
+            ),
+            key(
+                &spec,
+                post("/"),
+                r#"{"q":1,"user":"b","metadata":{"request_id":"y","k":1}}"#
+            )
+        );
+        assert_ne!(
+            key(&spec, post("/"), r#"{"q":1,"metadata":{"k":1}}"#),
+            key(&spec, post("/"), r#"{"q":1,"metadata":{"k":2}}"#)
+        );
+    }
+
+    #[test]
+    fn text_normalizer_matches_the_seed() {
+        let spec = KeySpec {
+            body: BodyMode::Normalize(Arc::new(TextNormalizer)),
+            ..KeySpec::default()
+        };
+        let text = |body| key(&spec, Request::post("/"), body);
+        assert_eq!(text("Hello   World\n"), text("hello world"));
+        assert_ne!(text("hello world"), text("hello  worlds"));
+    }
+
+    #[test]
+    fn custom_key_replaces_content_and_can_bypass() {
+        let custom =
+            |parts: &Parts, _: &[u8]| parts.headers.get("x-doc").map(|v| v.as_bytes().to_vec());
+        let spec = KeySpec {
+            custom: Some(Arc::new(custom)),
+            ..KeySpec::default()
+        };
+        assert_eq!(
+            key(&spec, post("/a").header("x-doc", "1"), "{}"),
+            key(&spec, post("/b").header("x-doc", "1"), "[]")
+        );
+        assert!(spec.key(&parts(post("/a")), b"").is_none());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = key(&KeySpec::default(), post("/"), "{}");
+        assert_eq!(k.to_hex().len(), 64);
+        assert_eq!(Key::from_hex(&k.to_hex()), Some(k));
+        assert_eq!(Key::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let is = |ct: &str| is_json(&parts(Request::post("/").header("content-type", ct)));
+        assert!(is("application/json"));
+        assert!(is("Application/JSON; charset=utf-8"));
+        assert!(is("application/vnd.api+json"));
+        assert!(!is("text/plain"));
+        assert!(!is("application/jsonx"));
+        assert!(!is("application/+json"));
+    }
+}

@@ -1,0 +1,234 @@
+//! [`IdempotencyLayer`] and its [`Builder`].
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderName, Method};
+use tower_layer::Layer;
+
+use crate::{
+    engine::{Config, Engine},
+    key::{BodyMode, IgnoreFields, MakeKey, NormalizeBody},
+    policy::StorePredicate,
+    service::Idempotency,
+    stats::Stats,
+};
+
+/// Applies [`Idempotency`] to a service.
+///
+/// `IdempotencyLayer::new()` needs no configuration: an in-process cache of
+/// 64 MiB, a one-hour TTL, GET and POST eligible, 16 MiB body limits. Use
+/// [`IdempotencyLayer::builder`] to change any of it.
+///
+/// Clones share one cache, one flight map and one set of statistics: build
+/// the layer once and apply it wherever requests should be deduplicated
+/// together.
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    engine: Arc<Engine>,
+}
+
+impl IdempotencyLayer {
+    /// A layer with the default configuration.
+    pub fn new() -> Self {
+        Builder::default().build()
+    }
+
+    /// Starts configuring a layer.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// What the layer has done so far, across every service it made.
+    pub fn stats(&self) -> Stats {
+        self.engine.counters.snapshot()
+    }
+
+    /// Upstream calls in progress (flights). Zero when the layer is idle.
+    pub fn in_flight(&self) -> usize {
+        self.engine.flights_in_progress()
+    }
+
+    /// Entries in the in-process cache and the bytes they weigh.
+    pub async fn l1_usage(&self) -> (u64, u64) {
+        self.engine.l1().usage().await
+    }
+
+    /// Forgets one stored entry. The key of a response the layer answered is
+    /// in that response's extensions.
+    pub async fn purge(&self, key: &crate::Key) {
+        self.engine.l1().remove(key).await;
+    }
+
+    /// Forgets every stored entry in the in-process cache.
+    pub fn clear(&self) {
+        self.engine.l1().clear();
+    }
+}
+
+impl Default for IdempotencyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::new(inner, Arc::clone(&self.engine))
+    }
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer").finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`IdempotencyLayer`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_idempotency::IdempotencyLayer;
+///
+/// let layer = IdempotencyLayer::builder()
+///     .ttl(Duration::from_secs(300))
+///     .namespace("gpt-4o-2024-08-06")
+///     .l1_capacity(256 * 1024 * 1024)
+///     .ignore_json_fields(["user", "metadata.request_id"])
+///     .build();
+/// # let _ = layer;
+/// ```
+#[derive(Default)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// How long a stored response is replayed. Default: one hour.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// Byte budget of the in-process cache, counting bodies and headers.
+    /// Default: 64 MiB.
+    pub fn l1_capacity(mut self, bytes: u64) -> Self {
+        self.config.l1_capacity = bytes;
+        self
+    }
+
+    /// Largest request body read to build a key. A larger body passes through
+    /// untouched and uncached. Default: 16 MiB.
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.config.max_request_body = bytes;
+        self
+    }
+
+    /// Largest response body recorded. A larger one still reaches every
+    /// caller in full, but is not stored. Default: 16 MiB.
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.config.max_response_body = bytes;
+        self
+    }
+
+    /// Goes into every key: change it (a model version, a prompt revision) to
+    /// start afresh without deleting anything. Default: empty.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.key.namespace = namespace.into();
+        self
+    }
+
+    /// Request headers whose values go into the key, replacing the defaults:
+    /// `authorization`, `x-api-key`, `cookie`, `content-type`, `accept` and
+    /// `accept-encoding`. Leaving out the credential headers lets different
+    /// callers share entries: do so only when responses do not depend on who
+    /// asks.
+    pub fn vary_headers<I>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = HeaderName>,
+    {
+        self.config.key.vary = headers.into_iter().collect();
+        self
+    }
+
+    /// Adds one header to the vary headers.
+    pub fn vary_header(mut self, header: HeaderName) -> Self {
+        if !self.config.key.vary.contains(&header) {
+            self.config.key.vary.push(header);
+        }
+        self
+    }
+
+    /// The methods that are looked up and stored. Default: GET and POST.
+    pub fn methods<I>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = Method>,
+    {
+        self.config.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Decides which complete responses are stored. Default:
+    /// [`Successful`](crate::Successful) (2xx). Responses marked
+    /// `Cache-Control: no-store` or `private` are never stored.
+    pub fn store_if(mut self, predicate: impl StorePredicate) -> Self {
+        self.config.store_if = Arc::new(predicate);
+        self
+    }
+
+    /// JSON object fields (dotted paths) left out of the key, such as a
+    /// per-request `user` or `metadata.request_id`.
+    pub fn ignore_json_fields<I, S>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.config.key.body = BodyMode::Json(IgnoreFields::new(paths));
+        self
+    }
+
+    /// Hashes bodies byte for byte, without canonicalising JSON.
+    pub fn raw_body(mut self) -> Self {
+        self.config.key.body = BodyMode::Raw;
+        self
+    }
+
+    /// Rewrites bodies before hashing, in place of JSON canonicalisation;
+    /// [`TextNormalizer`](crate::TextNormalizer) is a ready one.
+    pub fn normalize_body(mut self, normalizer: impl NormalizeBody) -> Self {
+        self.config.key.body = BodyMode::Normalize(Arc::new(normalizer));
+        self
+    }
+
+    /// Supplies the whole key material; see [`MakeKey`].
+    pub fn key_fn(mut self, make_key: impl MakeKey) -> Self {
+        self.config.key.custom = Some(Arc::new(make_key));
+        self
+    }
+
+    /// Whether responses carry a `Cache-Status` header. Default: on. Turn it
+    /// off to keep clients from learning what other clients asked.
+    pub fn cache_status_header(mut self, enabled: bool) -> Self {
+        self.config.cache_status = enabled;
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> IdempotencyLayer {
+        IdempotencyLayer {
+            engine: Arc::new(Engine::new(self.config)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("ttl", &self.config.ttl)
+            .field("namespace", &self.config.key.namespace)
+            .field("methods", &self.config.methods)
+            .finish_non_exhaustive()
+    }
+}

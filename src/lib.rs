@@ -1,0 +1,129 @@
+//! Stop paying twice for the same expensive call.
+//!
+//! [`IdempotencyLayer`] wraps any `tower::Service<http::Request<B>>` (an axum
+//! router, a hyper server or client). It fingerprints each request by its
+//! content (SHA-256 over method, path, sorted query, the headers that tell
+//! callers apart, and the body, with JSON canonicalised), answers repeats
+//! from an in-process cache, lets exactly one of many concurrent duplicates
+//! reach the inner service while the others share its response as it
+//! streams, and replays the stored response byte for byte.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, Service};
+//! use tower_idempotency::{IdempotencyLayer, RequestBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let counter = Arc::clone(&calls);
+//! let mut service = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new())
+//!     .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
+//!         counter.fetch_add(1, Ordering::SeqCst);
+//!         async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("an expensive answer")))) }
+//!     });
+//!
+//! for _ in 0..3 {
+//!     let request = Request::post("/v1/describe").body(Full::new(Bytes::from("same photo")))?;
+//!     let response = service.ready().await?.call(request).await?;
+//!     assert_eq!(response.into_body().collect().await?.to_bytes(), "an expensive answer");
+//! }
+//! assert_eq!(calls.load(Ordering::SeqCst), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With axum, add it to a router like any other layer:
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use tower_idempotency::IdempotencyLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/chat/completions", post(|body: String| async move { body }))
+//!     .layer(IdempotencyLayer::new());
+//! ```
+//!
+//! # What is stored, and what is replayed
+//!
+//! Only complete 2xx responses are stored by default ([`Builder::store_if`]
+//! widens this); a response with `Cache-Control: no-store` or `private` never
+//! is. Hop-by-hop headers and `set-cookie` are stripped from what is stored
+//! and shared. A replay carries the original status, headers, body and
+//! trailers, plus `age` and an RFC 9211 `cache-status` member:
+//!
+//! | outcome | `cache-status` |
+//! |---|---|
+//! | replayed from storage | `tower-idempotency; hit; ttl=<seconds left>` |
+//! | the one request that called upstream | `tower-idempotency; fwd=uri-miss; stored` (no `stored` when it will not be) |
+//! | a concurrent duplicate sharing it | `tower-idempotency; fwd=uri-miss; collapsed` |
+//! | the client sent `Cache-Control: no-cache` | `tower-idempotency; fwd=request; stored` |
+//! | skipped by policy (`no-store`, body too large) | `tower-idempotency; fwd=bypass` |
+//! | method not eligible | `tower-idempotency; fwd=method` |
+//!
+//! `stored` on a leader's response is decided from its head (status,
+//! `Cache-Control`, `Content-Length`): a body that then fails or outgrows the
+//! response limit is not stored after all.
+//!
+//! # Concurrent duplicates
+//!
+//! Among concurrent identical requests exactly one (the leader) calls the
+//! inner service. The others follow it and receive the same status, headers
+//! and bytes, streamed live as the leader's chunks arrive; one that joins late
+//! first gets the chunks so far. Followers receive whatever the leader
+//! received, 5xx included: a retry storm against a failing upstream costs one
+//! call, not one per retry. Such a response is not stored, so the next
+//! request after it calls upstream again.
+//!
+//! The upstream call runs in its own task, so it completes and is stored even
+//! if the leader's caller goes away: it has been paid for. If the leader
+//! fails before a response head (the inner service returns an error or
+//! panics), the leader's caller gets that error (or panic) and one follower
+//! takes over as the new leader; nobody waits forever. A body that fails
+//! mid-stream fails for every reader that was streaming it.
+//!
+//! This needs a Tokio runtime.
+//!
+//! # Bodies
+//!
+//! The request body is buffered up to [`Builder::max_request_body`] to build
+//! the key. A larger body is not an error: what was read is chained back in
+//! front of the rest and the request reaches the inner service untouched and
+//! uncached. A body the client fails to send is answered 400, with an
+//! [`Error`] in the response extensions. The inner service therefore receives
+//! a [`RequestBody<B>`] around the original body type.
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+mod cache_status;
+mod engine;
+mod error;
+mod flight;
+mod future;
+mod key;
+mod layer;
+mod policy;
+mod record;
+mod service;
+mod stats;
+mod store;
+
+pub use body::{RequestBody, ResponseBody};
+pub use cache_status::CACHE_STATUS;
+pub use error::{BoxError, Error, ErrorKind};
+pub use future::ResponseFuture;
+pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
+pub use layer::{Builder, IdempotencyLayer};
+pub use policy::{StorePredicate, Successful};
+pub use service::Idempotency;
+pub use stats::{Bypassed, Hits, Stats};

@@ -1,0 +1,62 @@
+//! The stored response: what a replay is made of.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Version};
+
+/// A complete response, as stored and replayed.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    /// Already stripped of what must not be shared (see `policy`).
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) created_at: u64,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) expires_at: u64,
+}
+
+/// Bookkeeping bytes charged per entry on top of headers and body.
+const OVERHEAD: usize = 256;
+
+impl Record {
+    /// How many bytes this entry costs in the L1 budget.
+    pub(crate) fn weight(&self) -> u32 {
+        let headers = |map: &HeaderMap| -> usize {
+            map.iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum()
+        };
+        let total = OVERHEAD
+            + self.body.len()
+            + headers(&self.headers)
+            + self.trailers.as_ref().map_or(0, headers);
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// Time left to live at `now`; zero once expired.
+    pub(crate) fn ttl_at(&self, now: u64) -> Duration {
+        Duration::from_millis(self.expires_at.saturating_sub(now))
+    }
+
+    /// Whole seconds since the response was produced, for the `age` header.
+    pub(crate) fn age_at(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created_at) / 1000
+    }
+
+    pub(crate) fn is_fresh_at(&self, now: u64) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch: entries are shared across
+/// processes, so their times are absolute.
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

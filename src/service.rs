@@ -1,0 +1,136 @@
+//! The service [`IdempotencyLayer`](crate::IdempotencyLayer) makes.
+
+use std::{
+    mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{
+    body::{RequestBody, ResponseBody},
+    engine::{Engine, Upstream},
+    error::BoxError,
+    future::ResponseFuture,
+    stats::Stats,
+};
+
+/// Answers repeated requests from storage and lets one of many concurrent
+/// duplicates reach the inner service.
+///
+/// Made by [`IdempotencyLayer`](crate::IdempotencyLayer); see the crate docs.
+/// Cloning is cheap: clones share the cache, the flights and the statistics.
+pub struct Idempotency<S> {
+    inner: S,
+    engine: Arc<Engine>,
+}
+
+impl<S> Idempotency<S> {
+    pub(crate) fn new(inner: S, engine: Arc<Engine>) -> Self {
+        Self { inner, engine }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// What the layer has done so far, across every clone.
+    pub fn stats(&self) -> Stats {
+        self.engine.counters.snapshot()
+    }
+}
+
+impl<S: Clone> Clone for Idempotency<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            engine: Arc::clone(&self.engine),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Unpin + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.engine.classify(request.method(), request.headers()) {
+            Err(skip) => {
+                self.engine.count_upstream_call();
+                let future = self.inner.call(request.map(RequestBody::passthrough));
+                ResponseFuture::skipped(future, self.engine.skip_status(skip))
+            }
+            Ok(directive) => {
+                // The engine calls the inner service only after async work (the
+                // body, the look-up): move the instance known to be ready into
+                // the future and keep a fresh clone.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                let engine = Arc::clone(&self.engine);
+                ResponseFuture::engine(Box::pin(engine.handle(
+                    request,
+                    directive,
+                    ReadyService(ready),
+                )))
+            }
+        }
+    }
+}
+
+/// An inner service that `poll_ready` has readied, called at most once.
+struct ReadyService<S>(S);
+
+impl<S, ReqBody, ResBody> Upstream<ReqBody> for ReadyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body + Send + 'static,
+{
+    type Body = ResBody;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(mut self, request: Request<ReqBody>) -> Self::Future {
+        self.0.call(request)
+    }
+}

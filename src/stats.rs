@@ -1,0 +1,140 @@
+//! What the layer saved: counters and their snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Live counters, shared by the layer and every service it made.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) hits_l1: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) bypass_method: AtomicU64,
+    pub(crate) bypass_no_store: AtomicU64,
+    pub(crate) bypass_too_large: AtomicU64,
+    pub(crate) bypass_no_key: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+    pub(crate) upstream_calls: AtomicU64,
+    pub(crate) upstream_errors: AtomicU64,
+    pub(crate) stored: AtomicU64,
+    pub(crate) bytes_saved: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        Self::add(counter, 1);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let bypassed = Bypassed {
+            method: get(&self.bypass_method),
+            no_store: get(&self.bypass_no_store),
+            too_large: get(&self.bypass_too_large),
+            no_key: get(&self.bypass_no_key),
+        };
+        let hits = Hits {
+            l1: get(&self.hits_l1),
+        };
+        let coalesced = get(&self.coalesced);
+        let misses = get(&self.misses);
+        let answered = hits.l1 + coalesced;
+        let eligible = answered + misses + get(&self.refreshes);
+        Stats {
+            requests: get(&self.requests),
+            hits,
+            misses,
+            coalesced,
+            refreshes: get(&self.refreshes),
+            bypassed,
+            bad_requests: get(&self.bad_requests),
+            upstream_calls: get(&self.upstream_calls),
+            upstream_errors: get(&self.upstream_errors),
+            stored: get(&self.stored),
+            bytes_saved: get(&self.bytes_saved),
+            calls_saved: answered,
+            hit_rate: if eligible == 0 {
+                0.0
+            } else {
+                answered as f64 / eligible as f64
+            },
+        }
+    }
+}
+
+/// A snapshot of what one layer (and every service it made) has done.
+///
+/// Counters only grow; take two snapshots and subtract for a window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests seen, whatever became of them.
+    pub requests: u64,
+    /// Requests answered from a stored entry.
+    pub hits: Hits,
+    /// Requests that found nothing and led an upstream call.
+    pub misses: u64,
+    /// Requests that shared the response of a concurrent identical request.
+    pub coalesced: u64,
+    /// Requests that skipped the look-up on the client's `no-cache`.
+    pub refreshes: u64,
+    /// Requests the layer let through untouched, by reason.
+    pub bypassed: Bypassed,
+    /// Requests answered 400 because their body could not be read.
+    pub bad_requests: u64,
+    /// Calls made to the inner service.
+    pub upstream_calls: u64,
+    /// Calls to the inner service that returned an error.
+    pub upstream_errors: u64,
+    /// Responses stored.
+    pub stored: u64,
+    /// Response body bytes served without an upstream call.
+    pub bytes_saved: u64,
+    /// Upstream calls avoided: hits plus coalesced followers.
+    pub calls_saved: u64,
+    /// Share of cacheable requests answered without an upstream call.
+    pub hit_rate: f64,
+}
+
+/// Hits by tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Hits {
+    /// Answered from the in-process cache.
+    pub l1: u64,
+}
+
+impl Hits {
+    /// All hits.
+    pub fn total(&self) -> u64 {
+        self.l1
+    }
+}
+
+/// Requests let through untouched, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Bypassed {
+    /// The method is not eligible.
+    pub method: u64,
+    /// The request said `Cache-Control: no-store`.
+    pub no_store: u64,
+    /// The request body was over the limit, or carried trailers.
+    pub too_large: u64,
+    /// The custom key function declined the request.
+    pub no_key: u64,
+}
+
+impl Bypassed {
+    /// All bypasses.
+    pub fn total(&self) -> u64 {
+        self.method + self.no_store + self.too_large + self.no_key
+    }
+}
