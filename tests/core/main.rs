@@ -1,0 +1,12 @@
+//! The core layer, in one process: coalescing, bodies, policy, replay,
+//! readiness, and real HTTP on loopback.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bodies;
+mod coalescing;
+mod loopback;
+mod policy;
+mod readiness;
+mod replay;

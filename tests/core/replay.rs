@@ -1,0 +1,131 @@
+//! Replays: status, headers, bytes, `age`, `cache-status`, expiry.
+
+use std::time::Duration;
+
+use tower::Layer;
+use tower_idempotency::{IdempotencyLayer, Key};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn replay_is_byte_identical_with_age_and_cache_status() {
+    let (inner, calls) = upstream(|_| async {
+        http::Response::builder()
+            .status(201)
+            .header("content-type", "application/json")
+            .header("x-upstream", "a")
+            .header("x-upstream", "b")
+            .body(full(&b"{\"id\":\"resp_1\",\"bytes\":\"\xff\x00\"}"[..]))
+            .unwrap()
+    });
+    let service = IdempotencyLayer::builder()
+        .ttl(Duration::from_secs(120))
+        .build()
+        .layer(inner);
+    let first = fetch(&service, post("/", "q")).await;
+    assert_eq!(
+        first.cache_status(),
+        "tower-idempotency; fwd=uri-miss; stored"
+    );
+    assert_eq!(first.header("age"), None);
+
+    let replay = fetch(&service, post("/", "q")).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.body, first.body);
+    let upstream: Vec<_> = replay.headers.get_all("x-upstream").iter().collect();
+    assert_eq!(upstream, ["a", "b"]);
+    assert_eq!(replay.header("content-type"), Some("application/json"));
+    assert_eq!(replay.header("age"), Some("0"));
+    let ttl: u64 = replay
+        .cache_status()
+        .strip_prefix("tower-idempotency; hit; ttl=")
+        .expect("a hit with a ttl")
+        .parse()
+        .unwrap();
+    assert!((118..=120).contains(&ttl), "ttl={ttl}");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn age_counts_seconds_since_the_response_was_stored() {
+    let (inner, _) = numbered();
+    let service = IdempotencyLayer::new().layer(inner);
+    fetch(&service, post("/", "q")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let replay = fetch(&service, post("/", "q")).await;
+    assert_eq!(replay.header("age"), Some("1"));
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .ttl(Duration::from_millis(300))
+        .build()
+        .layer(inner);
+    fetch(&service, post("/", "q")).await;
+    fetch(&service, post("/", "q")).await;
+    assert_eq!(calls.get(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        &fetch(&service, post("/", "q")).await.body[..],
+        b"answer #2"
+    );
+}
+
+#[tokio::test]
+async fn upstream_cache_status_members_come_first() {
+    let (inner, _) = upstream(|_| async {
+        http::Response::builder()
+            .header("cache-status", "origin-cdn; hit")
+            .body(full("x"))
+            .unwrap()
+    });
+    let service = IdempotencyLayer::new().layer(inner);
+    fetch(&service, post("/", "q")).await;
+    let replay = fetch(&service, post("/", "q")).await;
+    let members: Vec<_> = replay
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(members[0], "origin-cdn; hit");
+    assert!(members[1].starts_with("tower-idempotency; hit"));
+}
+
+#[tokio::test]
+async fn cache_status_can_be_turned_off() {
+    let (inner, _) = numbered();
+    let service = IdempotencyLayer::builder()
+        .cache_status_header(false)
+        .build()
+        .layer(inner);
+    fetch(&service, post("/", "q")).await;
+    let replay = fetch(&service, post("/", "q")).await;
+    assert_eq!(replay.header("cache-status"), None);
+    assert_eq!(replay.header("age"), Some("0"));
+}
+
+#[tokio::test]
+async fn purge_forgets_one_entry() {
+    let (inner, calls) = numbered();
+    let layer = IdempotencyLayer::new();
+    let service = layer.layer(inner);
+    let response = tower::ServiceExt::oneshot(service.clone(), post("/", "q"))
+        .await
+        .unwrap();
+    let key = *response
+        .extensions()
+        .get::<Key>()
+        .expect("the key is in the extensions");
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fetch(&service, post("/", "q")).await;
+    assert_eq!(calls.get(), 1);
+    layer.purge(&key).await;
+    assert_eq!(
+        &fetch(&service, post("/", "q")).await.body[..],
+        b"answer #2"
+    );
+}
