@@ -102,6 +102,10 @@ impl Engine {
         }
     }
 
+    pub(crate) fn key(&self, head: &request::Parts, body: &[u8]) -> Option<Key> {
+        self.config.key.key(head, body)
+    }
+
     pub(crate) fn l1(&self) -> &MemoryStore {
         &self.l1
     }

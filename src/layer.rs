@@ -53,6 +53,13 @@ impl IdempotencyLayer {
         self.engine.l1().usage().await
     }
 
+    /// The key this layer gives a request with this head and body, or `None`
+    /// when a custom key function declines it. Useful to purge the entry of a
+    /// known request.
+    pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<crate::Key> {
+        self.engine.key(head, body)
+    }
+
     /// Forgets one stored entry. The key of a response the layer answered is
     /// in that response's extensions.
     pub async fn purge(&self, key: &crate::Key) {
