@@ -338,6 +338,7 @@ impl Engine {
                 trailers,
                 created_at: now,
                 expires_at: now.saturating_add(self.config.ttl.as_millis() as u64),
+                meta: Bytes::new(),
             };
             self.l1.insert(*leader.key(), Arc::new(record)).await;
             Counters::inc(&self.counters.stored);

@@ -18,6 +18,9 @@ pub(crate) struct Record {
     pub(crate) created_at: u64,
     /// Milliseconds since the Unix epoch.
     pub(crate) expires_at: u64,
+    /// What the layer learned of the response (token usage, model), encoded
+    /// by its owner; opaque here.
+    pub(crate) meta: Bytes,
 }
 
 /// Bookkeeping bytes charged per entry on top of headers and body.
@@ -33,6 +36,7 @@ impl Record {
         };
         let total = OVERHEAD
             + self.body.len()
+            + self.meta.len()
             + headers(&self.headers)
             + self.trailers.as_ref().map_or(0, headers);
         u32::try_from(total).unwrap_or(u32::MAX)
