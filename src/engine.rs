@@ -10,7 +10,13 @@
 //! The Tower service is a thin adapter: it hands the engine a request and an
 //! [`Upstream`] (its ready inner service), and gets a response back.
 
-use std::{future::Future, panic, pin::pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::{Buf, Bytes};
 use http::{
@@ -29,7 +35,7 @@ use crate::{
     policy::{self, Directive, StorePredicate, Successful},
     record::{now_millis, Record},
     stats::Counters,
-    store::MemoryStore,
+    store::{FleetCounter, Lease, Lookup, MemoryStore, Renewal, L2},
 };
 
 /// Everything fixed when the layer is built.
@@ -43,6 +49,10 @@ pub(crate) struct Config {
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) cache_status: bool,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) strict: bool,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<crate::RedisStore>,
 }
 
 impl Default for Config {
@@ -56,6 +66,10 @@ impl Default for Config {
             max_request_body: 16 * 1024 * 1024,
             max_response_body: 16 * 1024 * 1024,
             cache_status: true,
+            wait_timeout: Duration::from_secs(60),
+            strict: false,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -79,6 +93,13 @@ pub(crate) enum Skip {
 
 type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
 
+/// The leader's claim on a key in the shared store, kept alive while the
+/// call runs.
+struct Claim {
+    lease: Option<Lease>,
+    _renewal: Option<Renewal>,
+}
+
 /// What the leader's body task tells the leader's caller.
 struct Started {
     head: Arc<Head>,
@@ -88,22 +109,76 @@ struct Started {
 pub(crate) struct Engine {
     config: Config,
     l1: MemoryStore,
+    l2: L2,
     flights: Arc<Flights>,
     pub(crate) counters: Counters,
 }
 
 impl Engine {
     pub(crate) fn new(config: Config) -> Self {
+        let l1 = MemoryStore::new(config.l1_capacity);
+        #[cfg(feature = "redis")]
+        let l2 = {
+            if let Some(redis) = &config.redis {
+                redis.attach(l1.clone());
+            }
+            L2::new(config.redis.clone(), &config.key.namespace)
+        };
+        #[cfg(not(feature = "redis"))]
+        let l2 = L2::new(&config.key.namespace);
         Self {
-            l1: MemoryStore::new(config.l1_capacity),
+            l1,
+            l2,
             flights: Arc::new(Flights::new()),
             counters: Counters::default(),
             config,
         }
     }
 
+    pub(crate) fn l2(&self) -> &L2 {
+        &self.l2
+    }
+
+    /// Counts a request answered without an upstream call, here and in the
+    /// fleet totals.
+    fn tally(&self, local: &std::sync::atomic::AtomicU64, fleet: FleetCounter) {
+        Counters::inc(local);
+        self.l2.count(fleet, 1);
+    }
+
     pub(crate) fn key(&self, head: &request::Parts, body: &[u8]) -> Option<Key> {
         self.config.key.key(head, body)
+    }
+
+    pub(crate) async fn purge(&self, key: &Key) {
+        self.l1.remove(key).await;
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.l2.redis() {
+            if let Err(error) = redis
+                .purge(
+                    &crate::store::redis::ns_tag(&self.config.key.namespace),
+                    key,
+                )
+                .await
+            {
+                tracing::warn!(%error, "could not purge the entry from redis");
+            }
+        }
+    }
+
+    pub(crate) async fn purge_namespace(&self, namespace: &str) {
+        self.l1.clear();
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.l2.redis() {
+            if let Err(error) = redis
+                .purge_namespace(&crate::store::redis::ns_tag(namespace))
+                .await
+            {
+                tracing::warn!(%error, "could not purge the namespace from redis");
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = namespace;
     }
 
     pub(crate) fn l1(&self) -> &MemoryStore {
@@ -140,7 +215,7 @@ impl Engine {
     }
 
     pub(crate) fn count_upstream_call(&self) {
-        Counters::inc(&self.counters.upstream_calls);
+        self.tally(&self.counters.upstream_calls, FleetCounter::UpstreamCalls);
     }
 
     /// Answers an eligible request; the response carries its [`Key`] in its
@@ -199,22 +274,24 @@ impl Engine {
         if directive == Directive::Refresh {
             Counters::inc(&self.counters.refreshes);
             let request = Request::from_parts(parts, RequestBody::buffered(body));
-            return self.lead(Flights::solo(key), upstream, request, true).await;
+            return self
+                .lead(Flights::solo(key), upstream, request, None, true)
+                .await;
         }
 
         if let Some(record) = self.l1.get(&key).await {
-            return Ok(self.hit(&record));
+            return Ok(self.hit(&key, &record));
         }
         loop {
             match self.flights.join_or_lead(key) {
                 Role::Follow(flight) => match flight.join().await {
                     Joined::Replay(record) => {
-                        Counters::inc(&self.counters.coalesced);
+                        self.tally(&self.counters.coalesced, FleetCounter::Coalesced);
                         Counters::add(&self.counters.bytes_saved, record.body.len() as u64);
                         return Ok(self.replay(&record));
                     }
                     Joined::Live(head, reader) => {
-                        Counters::inc(&self.counters.coalesced);
+                        self.tally(&self.counters.coalesced, FleetCounter::Coalesced);
                         return Ok(self.live(
                             &head,
                             &head.shared_headers,
@@ -229,11 +306,77 @@ impl Engine {
                     // its answer and left the map: this one is authoritative.
                     if let Some(record) = self.l1.get(&key).await {
                         leader.replay(Arc::clone(&record));
-                        return Ok(self.hit(&record));
+                        return Ok(self.hit(&key, &record));
                     }
-                    Counters::inc(&self.counters.misses);
                     let request = Request::from_parts(parts, RequestBody::buffered(body));
-                    return self.lead(leader, upstream, request, false).await;
+                    return self.lead_shared(leader, upstream, request).await;
+                }
+            }
+        }
+    }
+
+    /// The local leader asks the shared store: a hit, the lease (then call
+    /// upstream), or wait for the instance that holds it.
+    async fn lead_shared<B, U>(
+        self: &Arc<Self>,
+        leader: Leader,
+        upstream: U,
+        request: Request<RequestBody<B>>,
+    ) -> Answer<U::Body, U::Error>
+    where
+        U: Upstream<RequestBody<B>>,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        let key = *leader.key();
+        // Registered before the first look-up: a completion announced between
+        // a look-up and the wait that follows it is not missed.
+        let Some(watch) = self.l2.watch(key) else {
+            self.tally(&self.counters.misses, FleetCounter::Misses);
+            return self.lead(leader, upstream, request, None, false).await;
+        };
+        let deadline = Instant::now() + self.config.wait_timeout;
+        loop {
+            let notified = watch.notify().notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            match self.l2.lookup(&key).await {
+                Lookup::Hit(record) => {
+                    self.l1.insert(key, Arc::clone(&record)).await;
+                    leader.replay(Arc::clone(&record));
+                    self.tally(&self.counters.hits_l2, FleetCounter::HitsL2);
+                    Counters::add(&self.counters.bytes_saved, record.body.len() as u64);
+                    return Ok(self.replay(&record));
+                }
+                Lookup::Claimed(lease) => {
+                    self.tally(&self.counters.misses, FleetCounter::Misses);
+                    return self
+                        .lead(leader, upstream, request, Some(lease), false)
+                        .await;
+                }
+                Lookup::Garbage | Lookup::Unavailable => {
+                    self.tally(&self.counters.misses, FleetCounter::Misses);
+                    return self.lead(leader, upstream, request, None, false).await;
+                }
+                Lookup::Busy(lease_left) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        Counters::inc(&self.counters.wait_timeouts);
+                        if self.config.strict {
+                            return Ok(self.reject(Error::new(
+                                ErrorKind::InFlight,
+                                "another instance is still computing this response",
+                            )));
+                        }
+                        self.tally(&self.counters.misses, FleetCounter::Misses);
+                        return self.lead(leader, upstream, request, None, false).await;
+                    }
+                    // Woken by the notification; else look again when the
+                    // lease could have run out, and at least every poll
+                    // interval in case a message was lost.
+                    let nap = (lease_left + Duration::from_millis(5))
+                        .min(self.l2.poll_interval())
+                        .min(deadline - now);
+                    let _ = tokio::time::timeout(nap, notified).await;
                 }
             }
         }
@@ -245,6 +388,7 @@ impl Engine {
         leader: Leader,
         upstream: U,
         request: Request<RequestBody<B>>,
+        lease: Option<Lease>,
         refresh: bool,
     ) -> Answer<U::Body, U::Error>
     where
@@ -252,11 +396,18 @@ impl Engine {
         <U::Body as Body>::Error: Into<BoxError>,
     {
         self.count_upstream_call();
+        let renewal = lease
+            .as_ref()
+            .and_then(|lease| self.l2.keep_alive(leader.key(), lease));
+        let claim = Claim {
+            lease,
+            _renewal: renewal,
+        };
         let call = upstream.call(request);
         let (started_tx, started_rx) = oneshot::channel();
         // The call runs to completion in its own task even if this caller
         // goes away: it has been paid for, and followers may be waiting.
-        let task = tokio::spawn(Arc::clone(self).record(leader, call, started_tx));
+        let task = tokio::spawn(Arc::clone(self).record(leader, claim, call, started_tx));
         match started_rx.await {
             Ok(Ok(Started { head, reader })) => {
                 let status = match (refresh, head.storable) {
@@ -280,6 +431,7 @@ impl Engine {
     async fn record<F, RB, E>(
         self: Arc<Self>,
         mut leader: Leader,
+        claim: Claim,
         call: F,
         started: oneshot::Sender<Result<Started, E>>,
     ) where
@@ -291,8 +443,11 @@ impl Engine {
             Ok(response) => response,
             Err(error) => {
                 Counters::inc(&self.counters.upstream_errors);
+                let key = *leader.key();
                 drop(leader); // abandons the flight: a follower takes over
                 let _ = started.send(Err(error));
+                // Let waiters on other instances take over now.
+                self.l2.complete(&key, claim.lease.as_ref(), None).await;
                 return;
             }
         };
@@ -308,26 +463,34 @@ impl Engine {
         let limit = self.config.max_response_body as u64;
         let mut body = pin!(body);
         let mut trailers = None;
-        loop {
+        let failure: Option<BoxError> = loop {
             if !leader.room(self.config.max_response_body).await {
-                return; // too large to store and nobody left to serve
+                // Too large to store, and nobody is left to serve.
+                break Some("every reader of an oversized response went away".into());
             }
-            match body.as_mut().frame().await {
-                None => break,
-                Some(Err(error)) => return leader.fail(error.into()),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        leader.push(data.copy_to_bytes(data.remaining()), limit);
-                    }
-                    Err(frame) => trailers = frame.into_trailers().ok(),
-                },
+            let frame = match body.as_mut().frame().await {
+                None => break None,
+                Some(Err(error)) => break Some(error.into()),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(mut data) => {
+                    leader.push(data.copy_to_bytes(data.remaining()), limit);
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
             }
+        };
+        if let Some(error) = failure {
+            let key = *leader.key();
+            leader.fail(error);
+            return self.l2.complete(&key, claim.lease.as_ref(), None).await;
         }
         let completed = leader.complete(trailers.clone());
         Counters::add(
             &self.counters.bytes_saved,
             completed.followers * completed.received,
         );
+        let mut stored = None;
         if let (true, Some(body)) = (head.storable, completed.body) {
             let now = now_millis();
             let record = Record {
@@ -340,12 +503,18 @@ impl Engine {
                 expires_at: now.saturating_add(self.config.ttl.as_millis() as u64),
                 meta: Bytes::new(),
             };
-            self.l1.insert(*leader.key(), Arc::new(record)).await;
-            Counters::inc(&self.counters.stored);
+            let record = Arc::new(record);
+            self.l1.insert(*leader.key(), Arc::clone(&record)).await;
+            self.tally(&self.counters.stored, FleetCounter::Stored);
+            stored = Some(record);
         }
         // Dropping the leader takes the flight out of the map, after the
         // record is in L1: a newcomer finds one or the other.
+        let key = *leader.key();
         drop(leader);
+        self.l2
+            .complete(&key, claim.lease.as_ref(), stored.as_deref())
+            .await;
     }
 
     fn head(&self, parts: response::Parts) -> Head {
@@ -378,8 +547,9 @@ impl Engine {
         Ok(response)
     }
 
-    fn hit<B>(&self, record: &Record) -> Response<ResponseBody<B>> {
-        Counters::inc(&self.counters.hits_l1);
+    fn hit<B>(&self, key: &Key, record: &Record) -> Response<ResponseBody<B>> {
+        self.tally(&self.counters.hits_l1, FleetCounter::HitsL1);
+        self.l2.count_l1_hit(key);
         Counters::add(&self.counters.bytes_saved, record.body.len() as u64);
         self.replay(record)
     }
@@ -430,6 +600,7 @@ impl Engine {
     fn reject<B>(&self, error: Error) -> Response<ResponseBody<B>> {
         let status = match error.kind() {
             ErrorKind::RequestBody => StatusCode::BAD_REQUEST,
+            ErrorKind::InFlight => StatusCode::CONFLICT,
         };
         let mut response =
             Response::new(ResponseBody::replay(Bytes::from(error.to_string()), None));

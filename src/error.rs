@@ -16,6 +16,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ErrorKind {
     /// The request body could not be read (answered 400).
     RequestBody,
+    /// In strict mode, an identical request was still in flight when the
+    /// wait deadline passed (answered 409).
+    InFlight,
 }
 
 /// A failure of the layer itself, found in the extensions of the response
@@ -55,6 +58,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             ErrorKind::RequestBody => f.write_str("request body could not be read"),
+            ErrorKind::InFlight => f.write_str("an identical request is still in flight"),
         }
     }
 }

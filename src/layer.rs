@@ -40,7 +40,7 @@ impl IdempotencyLayer {
 
     /// What the layer has done so far, across every service it made.
     pub fn stats(&self) -> Stats {
-        self.engine.counters.snapshot()
+        self.engine.counters.snapshot(self.engine.l2().health())
     }
 
     /// Upstream calls in progress (flights). Zero when the layer is idle.
@@ -60,13 +60,31 @@ impl IdempotencyLayer {
         self.engine.key(head, body)
     }
 
-    /// Forgets one stored entry. The key of a response the layer answered is
-    /// in that response's extensions.
+    /// Forgets one stored entry, here and, with Redis, everywhere: the entry
+    /// is deleted from Redis and every instance evicts it from its L1. The
+    /// key of a response the layer answered is in that response's
+    /// extensions.
     pub async fn purge(&self, key: &crate::Key) {
-        self.engine.l1().remove(key).await;
+        self.engine.purge(key).await;
     }
 
-    /// Forgets every stored entry in the in-process cache.
+    /// Forgets every entry of a namespace (the seed's "the model changed"):
+    /// deleted from Redis, and every instance's L1 is cleared. Without Redis,
+    /// clears this layer's L1.
+    pub async fn purge_namespace(&self, namespace: &str) {
+        self.engine.purge_namespace(namespace).await;
+    }
+
+    /// Totals of every instance sharing this layer's Redis, if it has one.
+    #[cfg(feature = "redis")]
+    pub async fn fleet_stats(&self) -> Option<Result<crate::FleetStats, crate::StoreError>> {
+        match self.engine.l2().redis() {
+            Some(redis) => Some(redis.fleet_stats().await),
+            None => None,
+        }
+    }
+
+    /// Forgets every stored entry in this process's in-process cache.
     pub fn clear(&self) {
         self.engine.l1().clear();
     }
@@ -219,6 +237,29 @@ impl Builder {
     /// off to keep clients from learning what other clients asked.
     pub fn cache_status_header(mut self, enabled: bool) -> Self {
         self.config.cache_status = enabled;
+        self
+    }
+
+    /// Shares entries, and upstream calls, with every instance using the same
+    /// Redis (or Redis Cluster). See [`RedisStore`](crate::RedisStore).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: crate::RedisStore) -> Self {
+        self.config.redis = Some(store);
+        self
+    }
+
+    /// How long a request waits for an identical one that another instance
+    /// is computing, before it goes through itself (or, in strict mode, is
+    /// answered 409). Default: 60 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.config.wait_timeout = timeout;
+        self
+    }
+
+    /// Answers 409 Conflict, instead of going through, when the wait for an
+    /// identical in-flight request runs past [`wait_timeout`](Self::wait_timeout).
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.config.strict = strict;
         self
     }
 

@@ -126,4 +126,6 @@ pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
 pub use layer::{Builder, IdempotencyLayer};
 pub use policy::{StorePredicate, Successful};
 pub use service::Idempotency;
-pub use stats::{Bypassed, Hits, Stats};
+pub use stats::{Bypassed, Hits, Stats, StoreHealth};
+#[cfg(feature = "redis")]
+pub use store::redis::{EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError};

@@ -50,7 +50,7 @@ impl<S> Idempotency<S> {
 
     /// What the layer has done so far, across every clone.
     pub fn stats(&self) -> Stats {
-        self.engine.counters.snapshot()
+        self.engine.counters.snapshot(self.engine.l2().health())
     }
 }
 

@@ -9,6 +9,8 @@ use serde::Serialize;
 pub(crate) struct Counters {
     pub(crate) requests: AtomicU64,
     pub(crate) hits_l1: AtomicU64,
+    pub(crate) hits_l2: AtomicU64,
+    pub(crate) wait_timeouts: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) refreshes: AtomicU64,
@@ -32,7 +34,8 @@ impl Counters {
         Self::add(counter, 1);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// `store` is the shared store's (errors, skipped, unreadable) counts.
+    pub(crate) fn snapshot(&self, store: (u64, u64, u64)) -> Stats {
         let get = |c: &AtomicU64| c.load(Relaxed);
         let bypassed = Bypassed {
             method: get(&self.bypass_method),
@@ -42,10 +45,11 @@ impl Counters {
         };
         let hits = Hits {
             l1: get(&self.hits_l1),
+            l2: get(&self.hits_l2),
         };
         let coalesced = get(&self.coalesced);
         let misses = get(&self.misses);
-        let answered = hits.l1 + coalesced;
+        let answered = hits.total() + coalesced;
         let eligible = answered + misses + get(&self.refreshes);
         Stats {
             requests: get(&self.requests),
@@ -60,6 +64,12 @@ impl Counters {
             stored: get(&self.stored),
             bytes_saved: get(&self.bytes_saved),
             calls_saved: answered,
+            wait_timeouts: get(&self.wait_timeouts),
+            store: StoreHealth {
+                errors: store.0,
+                skipped: store.1,
+                unreadable: store.2,
+            },
             hit_rate: if eligible == 0 {
                 0.0
             } else {
@@ -101,6 +111,22 @@ pub struct Stats {
     pub calls_saved: u64,
     /// Share of cacheable requests answered without an upstream call.
     pub hit_rate: f64,
+    /// Waits for another instance's call that ran past the wait deadline.
+    pub wait_timeouts: u64,
+    /// How the shared store fared.
+    pub store: StoreHealth,
+}
+
+/// How the shared store (Redis) fared, as seen from this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StoreHealth {
+    /// Operations that failed or timed out (the requests went on without it).
+    pub errors: u64,
+    /// Operations skipped while the circuit breaker was open.
+    pub skipped: u64,
+    /// Stored values that could not be decoded (treated as misses).
+    pub unreadable: u64,
 }
 
 /// Hits by tier.
@@ -109,12 +135,14 @@ pub struct Stats {
 pub struct Hits {
     /// Answered from the in-process cache.
     pub l1: u64,
+    /// Answered from the shared store.
+    pub l2: u64,
 }
 
 impl Hits {
     /// All hits.
     pub fn total(&self) -> u64 {
-        self.l1
+        self.l1 + self.l2
     }
 }
 

@@ -1,5 +1,8 @@
 //! The stored response: what a replay is made of.
 
+#[cfg(feature = "redis")]
+pub(crate) mod codec;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;

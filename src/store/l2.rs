@@ -1,0 +1,167 @@
+//! The engine's view of the shared L2: Redis when configured, otherwise
+//! nothing (every look-up is `Unavailable`, every write a no-op). This keeps
+//! feature flags out of the engine.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{key::Key, record::Record};
+
+#[cfg(feature = "redis")]
+pub(crate) use super::redis::{FleetCounter, Lease, Renewal, Watch};
+#[cfg(feature = "redis")]
+use super::redis::{Lookup as RedisLookup, RedisStore};
+
+#[cfg(not(feature = "redis"))]
+pub(crate) use disabled::{FleetCounter, Lease, Renewal, Watch};
+
+/// What a look-up in the shared store found.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Lookup {
+    Hit(Arc<Record>),
+    /// This instance holds the key's lease: call upstream, then complete.
+    Claimed(Lease),
+    /// Another instance holds the lease, for at most this long.
+    Busy(Duration),
+    /// An unreadable value is stored: call upstream and overwrite it.
+    Garbage,
+    /// No shared store, or it is down: go on without it.
+    Unavailable,
+}
+
+/// The shared store for one namespace, if any.
+#[derive(Clone, Default)]
+pub(crate) struct L2 {
+    #[cfg(feature = "redis")]
+    redis: Option<RedisStore>,
+    #[cfg(feature = "redis")]
+    ns: String,
+}
+
+#[cfg(feature = "redis")]
+impl L2 {
+    pub(crate) fn new(redis: Option<RedisStore>, namespace: &str) -> Self {
+        Self {
+            redis,
+            ns: super::redis::ns_tag(namespace),
+        }
+    }
+
+    pub(crate) fn redis(&self) -> Option<&RedisStore> {
+        self.redis.as_ref()
+    }
+
+    pub(crate) async fn lookup(&self, key: &Key) -> Lookup {
+        let Some(redis) = &self.redis else {
+            return Lookup::Unavailable;
+        };
+        match redis.lookup(&self.ns, key).await {
+            RedisLookup::Hit(record) => Lookup::Hit(record),
+            RedisLookup::Claimed(lease) => Lookup::Claimed(lease),
+            RedisLookup::Busy(ttl) => Lookup::Busy(ttl),
+            RedisLookup::Garbage => Lookup::Garbage,
+            RedisLookup::Unavailable => Lookup::Unavailable,
+        }
+    }
+
+    pub(crate) async fn complete(&self, key: &Key, lease: Option<&Lease>, record: Option<&Record>) {
+        if let Some(redis) = &self.redis {
+            redis.complete(&self.ns, key, lease, record).await;
+        }
+    }
+
+    pub(crate) fn watch(&self, key: Key) -> Option<Watch> {
+        self.redis.as_ref().map(|redis| redis.watch(key))
+    }
+
+    pub(crate) fn keep_alive(&self, key: &Key, lease: &Lease) -> Option<Renewal> {
+        self.redis
+            .as_ref()
+            .map(|redis| redis.keep_alive(&self.ns, key, lease))
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.redis
+            .as_ref()
+            .map_or(Duration::from_millis(500), RedisStore::poll_interval)
+    }
+
+    pub(crate) fn count_l1_hit(&self, key: &Key) {
+        if let Some(redis) = &self.redis {
+            redis.count_l1_hit(&self.ns, key);
+        }
+    }
+
+    pub(crate) fn count(&self, counter: FleetCounter, n: u64) {
+        if let Some(redis) = &self.redis {
+            redis.count(counter, n);
+        }
+    }
+
+    pub(crate) fn health(&self) -> (u64, u64, u64) {
+        self.redis
+            .as_ref()
+            .map_or((0, 0, 0), |r| (r.errors(), r.skipped(), r.decode_errors()))
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+impl L2 {
+    pub(crate) fn new(_namespace: &str) -> Self {
+        Self {}
+    }
+
+    pub(crate) async fn lookup(&self, _key: &Key) -> Lookup {
+        Lookup::Unavailable
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        _key: &Key,
+        _lease: Option<&Lease>,
+        _record: Option<&Record>,
+    ) {
+    }
+
+    pub(crate) fn watch(&self, _key: Key) -> Option<Watch> {
+        None
+    }
+
+    pub(crate) fn keep_alive(&self, _key: &Key, _lease: &Lease) -> Option<Renewal> {
+        None
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    pub(crate) fn count_l1_hit(&self, _key: &Key) {}
+
+    pub(crate) fn count(&self, _counter: FleetCounter, _n: u64) {}
+
+    pub(crate) fn health(&self) -> (u64, u64, u64) {
+        (0, 0, 0)
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+mod disabled {
+    /// Never held without a shared store.
+    pub(crate) enum Lease {}
+    /// Never made without a shared store.
+    pub(crate) enum Watch {}
+    impl Watch {
+        pub(crate) fn notify(&self) -> &tokio::sync::Notify {
+            match *self {}
+        }
+    }
+    pub(crate) struct Renewal;
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum FleetCounter {
+        HitsL1,
+        HitsL2,
+        Misses,
+        Coalesced,
+        UpstreamCalls,
+        Stored,
+    }
+}

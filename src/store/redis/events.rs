@@ -1,0 +1,175 @@
+//! Notifications: one pub/sub subscriber per store wakes local waiters when
+//! another instance completes a call, and evicts L1 entries purged anywhere.
+
+use std::{
+    collections::HashMap,
+    future::poll_fn,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use tokio::sync::Notify;
+
+use super::Inner;
+use crate::key::Key;
+
+/// Local requests waiting for a key that another instance is computing.
+#[derive(Default)]
+pub(super) struct Waiters(Mutex<HashMap<Key, Slot>>);
+
+struct Slot {
+    notify: Arc<Notify>,
+    watchers: usize,
+}
+
+impl Waiters {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn watch(self: &Arc<Self>, key: Key) -> Watch {
+        let mut map = self.map();
+        let slot = map.entry(key).or_insert_with(|| Slot {
+            notify: Arc::default(),
+            watchers: 0,
+        });
+        slot.watchers += 1;
+        Watch {
+            waiters: Arc::clone(self),
+            key,
+            notify: Arc::clone(&slot.notify),
+        }
+    }
+
+    pub(super) fn wake(&self, key: &Key) {
+        if let Some(slot) = self.map().get(key) {
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes everyone: after a reconnect, messages may have been missed.
+    pub(super) fn wake_all(&self) {
+        self.map()
+            .values()
+            .for_each(|slot| slot.notify.notify_waiters());
+    }
+}
+
+/// Interest in one key's completion, for as long as it lives.
+pub(crate) struct Watch {
+    waiters: Arc<Waiters>,
+    key: Key,
+    notify: Arc<Notify>,
+}
+
+impl Watch {
+    /// Notified on every completion message for the key. Create the
+    /// `Notified` future and `enable` it before checking Redis, so that a
+    /// message arriving in between is not lost.
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut map = self.waiters.map();
+        if let Some(slot) = map.get_mut(&self.key) {
+            slot.watchers -= 1;
+            if slot.watchers == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What travels on the events channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    /// A call for this key completed (stored or not): waiters look again.
+    Done(Key),
+    /// This entry was purged: evict it from L1.
+    Purged(Key),
+    /// This namespace was purged: evict L1 whole.
+    PurgedNamespace,
+}
+
+impl Event {
+    pub(super) fn encode(&self) -> String {
+        match self {
+            Self::Done(key) => format!("d:{key}"),
+            Self::Purged(key) => format!("p:{key}"),
+            Self::PurgedNamespace => "n".to_owned(),
+        }
+    }
+
+    pub(super) fn decode(payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok()?;
+        match text.split_once(':') {
+            Some(("d", hex)) => Key::from_hex(hex).map(Self::Done),
+            Some(("p", hex)) => Key::from_hex(hex).map(Self::Purged),
+            None if text == "n" => Some(Self::PurgedNamespace),
+            _ => None,
+        }
+    }
+}
+
+/// Runs for the life of the store: subscribes, dispatches, reconnects.
+pub(super) async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    inner: Weak<Inner>,
+    timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connect = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(50);
+                let Some(store) = inner.upgrade() else { return };
+                store.waiters.wake_all();
+                drop(store);
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)).await
+                {
+                    let Some(store) = inner.upgrade() else { return };
+                    match Event::decode(message.get_payload_bytes()) {
+                        Some(event) => store.dispatch(event).await,
+                        None => tracing::debug!("ignoring an unknown message on {channel}"),
+                    }
+                }
+                tracing::debug!("redis subscription on {channel} ended; reconnecting");
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "redis subscription failed; retrying"),
+            Err(_) => tracing::debug!("redis subscription timed out; retrying"),
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_garbage_is_ignored() {
+        let key = Key::from_bytes([7; 32]);
+        for event in [Event::Done(key), Event::Purged(key), Event::PurgedNamespace] {
+            assert_eq!(Event::decode(event.encode().as_bytes()), Some(event));
+        }
+        for garbage in [&b""[..], b"d:", b"d:zz", b"x:00", b"\xff\xfe", b"n:extra"] {
+            assert_eq!(Event::decode(garbage), None);
+        }
+    }
+}

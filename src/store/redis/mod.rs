@@ -1,0 +1,1000 @@
+//! L2: one shared cache, and one upstream call, across every instance.
+//!
+//! # Layout in Redis
+//!
+//! Every key starts with the configured prefix (default `tidem`) and a tag of
+//! the namespace, and hash-tags the request's key so that an entry and its
+//! lease share a Redis Cluster slot:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `tidem:<ns>:{<key>}` | hash | `r` the record, `hits`, `last_hit_at`, `created_at` (ms); expires with the entry |
+//! | `tidem:<ns>:{<key>}:lease` | string | the token of the instance calling upstream for this key |
+//! | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored` |
+//! | `tidem:events` | channel | completions (wake waiters) and purges (evict L1 everywhere) |
+//!
+//! # Round trips
+//!
+//! An L2 hit is one round trip (a Lua script that reads the entry and counts
+//! the hit); a miss is two (look-up-or-claim, then store-and-release-and-
+//! notify). Hits answered from L1 are counted locally and flushed in
+//! batches, as are the fleet counters.
+//!
+//! # Failure
+//!
+//! Every operation has a timeout. On error or timeout the request proceeds as
+//! if there were no L2; the error is counted and logged once per burst, and a
+//! circuit breaker stops trying for a while after repeated failures, then
+//! probes. Bytes under our keys that do not decode are a miss and a log line.
+
+mod breaker;
+mod events;
+mod scripts;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use redis::{
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster_async::ClusterConnection,
+    Cmd, Pipeline, RedisFuture, Value,
+};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use self::{
+    breaker::{Breaker, Change},
+    events::{Event, Waiters},
+};
+use super::MemoryStore;
+use crate::{
+    key::Key,
+    record::{codec, now_millis, Record},
+};
+pub(crate) use events::Watch;
+
+/// A Redis (or Redis Cluster) L2 shared by every instance of an application.
+///
+/// Cheap to clone. Build one per process and give it to the layer with
+/// [`Builder::redis`](crate::Builder::redis):
+///
+/// ```no_run
+/// use tower_idempotency::{IdempotencyLayer, RedisStore};
+///
+/// # async fn build() -> Result<(), tower_idempotency::StoreError> {
+/// let redis = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+/// let layer = IdempotencyLayer::builder().redis(redis).build();
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    conn: Conn,
+    prefix: String,
+    settings: Settings,
+    breaker: Breaker,
+    waiters: Arc<Waiters>,
+    /// L1 caches to evict when a purge message arrives.
+    caches: Mutex<Vec<MemoryStore>>,
+    pending: Pending,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    decode_errors: AtomicU64,
+    instance: String,
+    leases: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    timeout: Duration,
+    write_timeout: Duration,
+    connect_timeout: Duration,
+    lease: Duration,
+    poll_interval: Duration,
+    flush_interval: Duration,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            flush_interval: Duration::from_secs(1),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Configures and connects a [`RedisStore`].
+#[must_use]
+pub struct RedisStoreBuilder {
+    target: Target,
+    prefix: String,
+    settings: Settings,
+}
+
+enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisStoreBuilder {
+    /// Prefix of every key and channel. Default: `tidem`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Timeout of each operation on a request's path (look-up, claim, lease
+    /// renewal). Default: 50 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    /// Timeout of writing a record, off every request's path. Default: 500 ms.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.write_timeout = timeout;
+        self
+    }
+
+    /// Timeout of establishing a connection. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a leader's claim on a key lasts without renewal. It is
+    /// renewed every third of this while the call runs, so it only runs out
+    /// when the leader's process is gone; waiters elsewhere then take over.
+    /// Default: 10 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How often a waiter looks again if no notification arrives (a lost
+    /// message, a broken subscription). Default: 500 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval;
+        self
+    }
+
+    /// How often counters kept locally (L1 hits, fleet totals) are flushed to
+    /// Redis. Default: 1 s.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.settings.flush_interval = interval;
+        self
+    }
+
+    /// After `failures` consecutive failures, skip Redis for `cooldown`, then
+    /// probe. Default: 5 failures, 2 s.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.settings.breaker_failures = failures;
+        self.settings.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Connects. Fails if Redis cannot be reached now; afterwards, outages
+    /// only make requests slower.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let settings = self.settings;
+        let (conn, events_client) = match &self.target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(settings.write_timeout.max(settings.timeout)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = tokio::time::timeout(
+                    settings.connect_timeout,
+                    ConnectionManager::new_with_config(client.clone(), config),
+                )
+                .await
+                .map_err(|_| StoreError::timeout())??;
+                (Conn::Single(manager), client)
+            }
+            Target::Cluster(urls) => {
+                let first = urls
+                    .first()
+                    .ok_or_else(|| StoreError::config("no cluster node given"))?;
+                let client =
+                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                        .connection_timeout(settings.connect_timeout)
+                        .response_timeout(settings.write_timeout.max(settings.timeout))
+                        .retries(1)
+                        .build()?;
+                let connection =
+                    tokio::time::timeout(settings.connect_timeout, client.get_async_connection())
+                        .await
+                        .map_err(|_| StoreError::timeout())??;
+                // PUBLISH reaches every node of a cluster: one subscription
+                // on any node hears them all.
+                (
+                    Conn::Cluster(connection),
+                    redis::Client::open(first.as_str())?,
+                )
+            }
+        };
+        let inner = Arc::new(Inner {
+            conn,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            waiters: Arc::default(),
+            caches: Mutex::default(),
+            pending: Pending::default(),
+            errors: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            decode_errors: AtomicU64::new(0),
+            instance: instance_id(),
+            leases: AtomicU64::new(0),
+            tasks: Mutex::default(),
+            prefix: self.prefix,
+            settings,
+        });
+        let subscriber = tokio::spawn(events::subscribe(
+            events_client,
+            inner.channel(),
+            Arc::downgrade(&inner),
+            inner.settings.connect_timeout,
+        ));
+        let flusher = tokio::spawn(flush_periodically(Arc::downgrade(&inner)));
+        inner.tasks().extend([subscriber, flusher]);
+        Ok(RedisStore { inner })
+    }
+}
+
+impl RedisStore {
+    /// Connects to a single Redis node with the default settings.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Configures a store on a single Redis node: `redis://[user:pass@]host:port/db`
+    /// (`rediss://` with the `redis-tls` feature).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            target: Target::Single(url.into()),
+            prefix: "tidem".into(),
+            settings: Settings::default(),
+        }
+    }
+
+    /// Configures a store on a Redis Cluster, from some of its nodes' URLs.
+    pub fn cluster_builder<I, S>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder {
+            target: Target::Cluster(urls.into_iter().map(Into::into).collect()),
+            prefix: "tidem".into(),
+            settings: Settings::default(),
+        }
+    }
+
+    /// Totals of every instance sharing this Redis, as last flushed.
+    pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
+        self.inner.flush().await;
+        let mut conn = self.inner.conn.clone();
+        let fields: HashMap<String, u64> = self
+            .inner
+            .run(
+                self.inner.settings.write_timeout,
+                redis::cmd("HGETALL")
+                    .arg(self.inner.stats_key())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let get = |name: &str| fields.get(name).copied().unwrap_or(0);
+        Ok(FleetStats {
+            hits_l1: get("hits_l1"),
+            hits_l2: get("hits_l2"),
+            misses: get("misses"),
+            coalesced: get("coalesced"),
+            upstream_calls: get("upstream_calls"),
+            stored: get("stored"),
+        })
+    }
+
+    /// Per-entry analytics of one key in one namespace, if it is stored.
+    pub async fn entry_stats(
+        &self,
+        namespace: &str,
+        key: &Key,
+    ) -> Result<Option<EntryStats>, StoreError> {
+        self.inner.flush().await;
+        let mut conn = self.inner.conn.clone();
+        let names = self.inner.names(&ns_tag(namespace), key);
+        let (hits, last_hit_at, created_at): (Option<u64>, Option<u64>, Option<u64>) = self
+            .inner
+            .run(
+                self.inner.settings.write_timeout,
+                redis::cmd("HMGET")
+                    .arg(&names.entry)
+                    .arg("hits")
+                    .arg("last_hit_at")
+                    .arg("created_at")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(created_at.map(|created_at| EntryStats {
+            hits: hits.unwrap_or(0),
+            last_hit_at,
+            created_at,
+        }))
+    }
+
+    pub(crate) fn attach(&self, cache: MemoryStore) {
+        self.inner
+            .caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(cache);
+    }
+
+    /// Looks the key up, or claims its lease.
+    pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let token = inner.next_token();
+        let mut conn = inner.conn.clone();
+        let mut invocation = scripts::LOOKUP.prepare_invoke();
+        invocation
+            .key(&names.entry)
+            .key(&names.lease)
+            .arg(&token)
+            .arg(millis(inner.settings.lease))
+            .arg(now_millis());
+        let reply: Vec<Value> = match inner
+            .run(inner.settings.timeout, invocation.invoke_async(&mut conn))
+            .await
+        {
+            Ok(reply) => reply,
+            Err(_) => return Lookup::Unavailable,
+        };
+        match reply.as_slice() {
+            [Value::Int(1), Value::BulkString(bytes)] => {
+                match codec::decode(Bytes::from(bytes.clone())) {
+                    Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
+                    Ok(_) => Lookup::Garbage,
+                    Err(error) => {
+                        inner.decode_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(key = %key, %error, "ignoring an unreadable entry in redis");
+                        Lookup::Garbage
+                    }
+                }
+            }
+            [Value::Int(2)] => Lookup::Claimed(Lease { token }),
+            [Value::Int(3), Value::Int(ttl)] => {
+                Lookup::Busy(Duration::from_millis(u64::try_from(*ttl).unwrap_or(0)))
+            }
+            _ => {
+                inner.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, "unexpected reply from the look-up script");
+                Lookup::Unavailable
+            }
+        }
+    }
+
+    /// Stores `record` (if any), releases the lease (if held), and wakes
+    /// every waiter on every instance.
+    pub(crate) async fn complete(
+        &self,
+        ns: &str,
+        key: &Key,
+        lease: Option<&Lease>,
+        record: Option<&Record>,
+    ) {
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let encoded = record.map(codec::encode).unwrap_or_default();
+        let ttl = record.map_or(1, |r| r.ttl_at(now_millis()).as_millis().max(1));
+        let mut conn = inner.conn.clone();
+        let mut invocation = scripts::STORE.prepare_invoke();
+        invocation
+            .key(&names.entry)
+            .key(&names.lease)
+            .arg(lease.map_or("", |l| l.token.as_str()))
+            .arg(encoded)
+            .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
+            .arg(record.map_or(0, |r| r.created_at))
+            .arg(inner.channel())
+            .arg(Event::Done(*key).encode());
+        let _: Result<i64, _> = inner
+            .run(
+                inner.settings.write_timeout,
+                invocation.invoke_async(&mut conn),
+            )
+            .await;
+    }
+
+    /// Registers interest in completions of `key`.
+    pub(crate) fn watch(&self, key: Key) -> Watch {
+        self.inner.waiters.watch(key)
+    }
+
+    /// Keeps a lease alive until the returned guard is dropped.
+    pub(crate) fn keep_alive(&self, ns: &str, key: &Key, lease: &Lease) -> Renewal {
+        let names = self.inner.names(ns, key);
+        let token = lease.token.clone();
+        let inner = Arc::downgrade(&self.inner);
+        let every = self.inner.settings.lease / 3;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let mut conn = inner.conn.clone();
+                let mut invocation = scripts::RENEW.prepare_invoke();
+                invocation
+                    .key(&names.lease)
+                    .arg(&token)
+                    .arg(millis(inner.settings.lease));
+                if let Ok(0) = inner
+                    .run(
+                        inner.settings.timeout,
+                        invocation.invoke_async::<i64>(&mut conn),
+                    )
+                    .await
+                {
+                    return; // no longer ours
+                }
+            }
+        });
+        Renewal(task)
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.inner.settings.poll_interval
+    }
+
+    /// Counts a hit answered from L1 against the entry, flushed later.
+    pub(crate) fn count_l1_hit(&self, ns: &str, key: &Key) {
+        let mut hits = self
+            .inner
+            .pending
+            .hits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *hits.entry((ns.to_owned(), *key)).or_default() += 1;
+    }
+
+    /// Adds to a fleet counter, flushed later.
+    pub(crate) fn count(&self, counter: FleetCounter, n: u64) {
+        self.inner.pending.fleet[counter as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Deletes one entry and evicts it from every instance's L1.
+    pub(crate) async fn purge(&self, ns: &str, key: &Key) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let mut conn = inner.conn.clone();
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(&names.entry);
+        inner
+            .run(
+                inner.settings.write_timeout,
+                unlink.query_async::<i64>(&mut conn),
+            )
+            .await?;
+        inner.publish(Event::Purged(*key)).await
+    }
+
+    /// Deletes every entry of a namespace and clears every instance's L1.
+    pub(crate) async fn purge_namespace(&self, ns: &str) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let pattern = format!("{}:{ns}:*", inner.prefix);
+        let deleted = match &inner.conn {
+            Conn::Single(manager) => {
+                unlink_matching(inner, &mut manager.clone(), &pattern, None).await?
+            }
+            Conn::Cluster(cluster) => {
+                let mut cluster = cluster.clone();
+                let mut deleted = 0;
+                for (host, port) in cluster_primaries(inner, &mut cluster).await? {
+                    deleted +=
+                        unlink_matching(inner, &mut cluster, &pattern, Some((host, port))).await?;
+                }
+                deleted
+            }
+        };
+        inner.publish(Event::PurgedNamespace).await?;
+        Ok(deleted)
+    }
+
+    /// Operations that failed or timed out.
+    pub(crate) fn errors(&self) -> u64 {
+        self.inner.errors.load(Relaxed)
+    }
+
+    /// Operations skipped while the circuit breaker was open.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Relaxed)
+    }
+
+    /// Stored values that did not decode.
+    pub(crate) fn decode_errors(&self) -> u64 {
+        self.inner.decode_errors.load(Relaxed)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tasks().drain(..).for_each(|task| task.abort());
+    }
+}
+
+/// What a look-up in Redis found.
+pub(crate) enum Lookup {
+    Hit(Arc<Record>),
+    /// The caller holds the lease: call upstream, then `complete`.
+    Claimed(Lease),
+    /// Another instance holds the lease, for at most this long.
+    Busy(Duration),
+    /// Something unreadable is stored: call upstream and overwrite it.
+    Garbage,
+    /// Redis is down, slow, or skipped by the breaker: go on without it.
+    Unavailable,
+}
+
+/// A claim on a key: only its holder calls upstream.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    token: String,
+}
+
+/// Renews a lease while it lives.
+pub(crate) struct Renewal(JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Fleet counters kept in Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FleetCounter {
+    HitsL1,
+    HitsL2,
+    Misses,
+    Coalesced,
+    UpstreamCalls,
+    Stored,
+}
+
+const FLEET_FIELDS: [&str; 6] = [
+    "hits_l1",
+    "hits_l2",
+    "misses",
+    "coalesced",
+    "upstream_calls",
+    "stored",
+];
+
+#[derive(Default)]
+struct Pending {
+    fleet: [AtomicU64; 6],
+    hits: Mutex<HashMap<(String, Key), u64>>,
+}
+
+/// Totals of every instance sharing one Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FleetStats {
+    /// Answered from an instance's in-process cache.
+    pub hits_l1: u64,
+    /// Answered from Redis.
+    pub hits_l2: u64,
+    /// Led an upstream call.
+    pub misses: u64,
+    /// Shared a concurrent identical request's response.
+    pub coalesced: u64,
+    /// Calls made upstream.
+    pub upstream_calls: u64,
+    /// Responses stored.
+    pub stored: u64,
+}
+
+/// The seed's per-entry analytics, kept in Redis with the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct EntryStats {
+    /// Times the entry was replayed, on every instance.
+    pub hits: u64,
+    /// When it was last replayed (ms since the Unix epoch).
+    pub last_hit_at: Option<u64>,
+    /// When it was stored (ms since the Unix epoch).
+    pub created_at: u64,
+}
+
+/// Why Redis could not be used.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+}
+
+#[derive(Debug)]
+enum StoreErrorKind {
+    Redis(redis::RedisError),
+    Timeout,
+    CircuitOpen,
+    Config(&'static str),
+}
+
+impl StoreError {
+    fn timeout() -> Self {
+        Self {
+            kind: StoreErrorKind::Timeout,
+        }
+    }
+
+    fn config(message: &'static str) -> Self {
+        Self {
+            kind: StoreErrorKind::Config(message),
+        }
+    }
+
+    /// Whether the operation timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Timeout)
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(error: redis::RedisError) -> Self {
+        Self {
+            kind: StoreErrorKind::Redis(error),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StoreErrorKind::Redis(error) => write!(f, "redis: {error}"),
+            StoreErrorKind::Timeout => f.write_str("redis operation timed out"),
+            StoreErrorKind::CircuitOpen => f.write_str("redis skipped: circuit breaker open"),
+            StoreErrorKind::Config(message) => write!(f, "redis configuration: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            StoreErrorKind::Redis(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// The names of one entry's keys.
+struct Names {
+    entry: String,
+    lease: String,
+}
+
+impl Inner {
+    fn names(&self, ns: &str, key: &Key) -> Names {
+        let entry = format!("{}:{ns}:{{{key}}}", self.prefix);
+        let lease = format!("{entry}:lease");
+        Names { entry, lease }
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    fn stats_key(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_token(&self) -> String {
+        format!("{}-{}", self.instance, self.leases.fetch_add(1, Relaxed))
+    }
+
+    /// Runs one operation under a timeout and the circuit breaker.
+    async fn run<T>(
+        &self,
+        timeout: Duration,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        if !self.breaker.permit() {
+            self.skipped.fetch_add(1, Relaxed);
+            return Err(StoreError {
+                kind: StoreErrorKind::CircuitOpen,
+            });
+        }
+        let error = match tokio::time::timeout(timeout, operation).await {
+            Ok(Ok(value)) => {
+                if self.breaker.success() == Change::Recovered {
+                    tracing::info!("redis is reachable again");
+                }
+                return Ok(value);
+            }
+            Ok(Err(error)) => StoreError::from(error),
+            Err(_) => StoreError::timeout(),
+        };
+        self.errors.fetch_add(1, Relaxed);
+        match self.breaker.failure() {
+            Change::FirstFailure => {
+                tracing::warn!(%error, "redis operation failed; going on without it")
+            }
+            Change::Opened => tracing::warn!(
+                %error,
+                cooldown = ?self.settings.breaker_cooldown,
+                "redis keeps failing; skipping it for a while"
+            ),
+            _ => tracing::debug!(%error, "redis operation failed"),
+        }
+        Err(error)
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg(event.encode());
+        self.run(
+            self.settings.write_timeout,
+            publish.query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Acts on a message from any instance (this one included).
+    async fn dispatch(&self, event: Event) {
+        match event {
+            Event::Done(key) => self.waiters.wake(&key),
+            Event::Purged(key) => {
+                for cache in self.caches() {
+                    cache.remove(&key).await;
+                }
+            }
+            Event::PurgedNamespace => self.caches().iter().for_each(MemoryStore::clear),
+        }
+    }
+
+    fn caches(&self) -> Vec<MemoryStore> {
+        self.caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends the counters kept locally.
+    async fn flush(&self) {
+        let mut fleet = redis::pipe();
+        let mut any = false;
+        for (counter, field) in self.pending.fleet.iter().zip(FLEET_FIELDS) {
+            let n = counter.swap(0, Relaxed);
+            if n > 0 {
+                fleet
+                    .cmd("HINCRBY")
+                    .arg(self.stats_key())
+                    .arg(field)
+                    .arg(n)
+                    .ignore();
+                any = true;
+            }
+        }
+        let mut conn = self.conn.clone();
+        if any {
+            let _: Result<(), _> = self
+                .run(self.settings.write_timeout, fleet.query_async(&mut conn))
+                .await;
+        }
+        let hits = std::mem::take(
+            &mut *self
+                .pending
+                .hits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let now = now_millis();
+        for ((ns, key), n) in hits {
+            let names = self.names(&ns, &key);
+            let mut invocation = scripts::ADD_HITS.prepare_invoke();
+            invocation.key(&names.entry).arg(n).arg(now);
+            let _: Result<i64, _> = self
+                .run(
+                    self.settings.write_timeout,
+                    invocation.invoke_async(&mut conn),
+                )
+                .await;
+        }
+    }
+}
+
+async fn flush_periodically(inner: std::sync::Weak<Inner>) {
+    let Some(every) = inner.upgrade().map(|i| i.settings.flush_interval) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.flush().await;
+    }
+}
+
+/// `SCAN`s one node (or the single one) and unlinks what matches.
+async fn unlink_matching(
+    inner: &Inner,
+    conn: &mut (impl ConnectionLike + Send),
+    pattern: &str,
+    node: Option<(String, u16)>,
+) -> Result<u64, StoreError> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+    let mut cursor = 0u64;
+    let mut deleted = 0;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500);
+        let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
+            (Some((host, port)), Conn::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let mut cluster = cluster.clone();
+                let value = inner
+                    .run(
+                        inner.settings.write_timeout,
+                        cluster.route_command(scan, routing),
+                    )
+                    .await?;
+                redis::from_redis_value(value)
+                    .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
+            }
+            _ => {
+                inner
+                    .run(inner.settings.write_timeout, scan.query_async(conn))
+                    .await?
+            }
+        };
+        for key in keys {
+            // One key per command: in a cluster each may live in another slot.
+            let unlinked: i64 = inner
+                .run(
+                    inner.settings.write_timeout,
+                    redis::cmd("UNLINK").arg(&key).query_async(conn),
+                )
+                .await?;
+            deleted += u64::try_from(unlinked).unwrap_or(0);
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// The primaries of a cluster, from `CLUSTER NODES`.
+async fn cluster_primaries(
+    inner: &Inner,
+    cluster: &mut ClusterConnection,
+) -> Result<Vec<(String, u16)>, StoreError> {
+    let nodes: String = inner
+        .run(
+            inner.settings.write_timeout,
+            redis::cmd("CLUSTER").arg("NODES").query_async(cluster),
+        )
+        .await?;
+    Ok(nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The namespace's tag in key names: 16 hex digits of its SHA-256, so any
+/// namespace string makes a safe, fixed-length key segment.
+pub(crate) fn ns_tag(namespace: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(namespace.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn instance_id() -> String {
+    use sha2::{Digest, Sha256};
+    let seed = format!(
+        "{}-{:?}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now(),
+        std::thread::current().id()
+    );
+    Sha256::digest(seed.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// One connection handle, to a single node or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}

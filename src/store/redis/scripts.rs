@@ -1,0 +1,88 @@
+//! The Lua scripts: each step that must be atomic is one round trip.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Look up, or claim the lease.
+///
+/// `KEYS[1]` the entry (a hash: `r` the record, `hits`, `last_hit_at`,
+/// `created_at`), `KEYS[2]` the lease. `ARGV[1]` the caller's lease token,
+/// `ARGV[2]` the lease in milliseconds, `ARGV[3]` now in milliseconds.
+///
+/// Returns `{1, record}` on a hit (and counts it), `{2}` when the caller now
+/// holds the lease, `{3, pttl}` while someone else does. Anything under our
+/// keys that is not what we wrote is treated as absent: an entry that is not
+/// a hash is a miss, and a lease without an expiry (ours always have one) is
+/// taken over, so garbage can never block a key.
+pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local record = redis.pcall('HGET', KEYS[1], 'r')
+if type(record) == 'string' then
+  redis.call('HINCRBY', KEYS[1], 'hits', 1)
+  redis.call('HSET', KEYS[1], 'last_hit_at', ARGV[3])
+  return {1, record}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl < 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2}
+end
+return {3, ttl}
+",
+    )
+});
+
+/// Store (optionally), release the lease (if still ours), and notify.
+///
+/// `KEYS[1]` the entry, `KEYS[2]` the lease. `ARGV[1]` the lease token (empty:
+/// none held), `ARGV[2]` the encoded record (empty: nothing to store),
+/// `ARGV[3]` its time to live in milliseconds, `ARGV[4]` its creation time,
+/// `ARGV[5]` the events channel, `ARGV[6]` the message.
+pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'r', ARGV[2], 'created_at', ARGV[4], 'hits', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[1] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+",
+    )
+});
+
+/// Extend the lease if it is still ours. `KEYS[1]` the lease, `ARGV[1]` the
+/// token, `ARGV[2]` the lease in milliseconds. Returns 1 if renewed.
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Add hits counted in L1 to an entry that still exists. `KEYS[1]` the
+/// entry, `ARGV[1]` the hits, `ARGV[2]` now in milliseconds.
+pub(super) static ADD_HITS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
+  redis.call('HSET', KEYS[1], 'last_hit_at', ARGV[2])
+end
+return 1
+",
+    )
+});
