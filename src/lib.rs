@@ -90,6 +90,15 @@
 //!
 //! This needs a Tokio runtime.
 //!
+//! # Sharing across instances
+//!
+//! With the `redis` feature (on by default), `Builder::redis` adds a shared
+//! L2: see `RedisStore`. A duplicate arriving at any instance is answered
+//! from Redis, concurrent duplicates spread over instances cost one upstream
+//! call (a lease, and a notification that wakes the waiters), and a Redis
+//! outage only makes requests slower: every operation has a timeout and a
+//! circuit breaker.
+//!
 //! # Bodies
 //!
 //! The request body is buffered up to [`Builder::max_request_body`] to build
@@ -103,6 +112,11 @@
 #![deny(unsafe_code)]
 #![deny(rustdoc::broken_intra_doc_links)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+// The README's examples compile as doc-tests.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod body;
 mod cache_status;
