@@ -484,8 +484,11 @@ impl Engine {
                         Joined::Replay(record) => {
                             return Ok(self.hit(&job, &record, Outcome::Coalesced))
                         }
-                        Joined::Live(head, reader) => {
+                        Joined::Live(head, reader, settled) => {
                             self.tally(&self.counters.coalesced, FleetCounter::Coalesced);
+                            if let Some((meta, bytes)) = settled {
+                                self.count_savings(&meta, bytes, 1);
+                            }
                             telemetry::outcome(Outcome::Coalesced);
                             tracing::Span::current().record("outcome", "collapsed");
                             return Ok(self.live(

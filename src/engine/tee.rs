@@ -169,31 +169,35 @@ impl Engine {
                 .await;
         }
 
-        let completed = leader.complete(trailers.clone());
+        // Store before the readers see the end: whoever has had the last
+        // byte and asks again finds the entry.
+        let (recorded, received) = leader.recorded();
         let now = now_millis();
-        let meta = usage.finish(model, completed.body.as_ref(), job.fingerprint);
+        let meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
         let record = Record {
             status: head.status,
             version: head.version,
             headers: head.shared_headers.clone(),
-            body: completed.body.clone().unwrap_or_default(),
-            trailers,
+            body: recorded.clone().unwrap_or_default(),
+            trailers: trailers.clone(),
             created_at: now,
             expires_at: now.saturating_add(u64::try_from(job.ttl.as_millis()).unwrap_or(u64::MAX)),
             meta: meta.encode(),
             info: meta,
         };
-        // Followers streamed the response live: count what they saved.
-        self.count_savings(&record.info, completed.received, completed.followers);
-        let stored = match (head.storable, completed.body) {
-            (true, Some(_)) if !job.ttl.is_zero() => {
-                let record = Arc::new(record);
+        let record = Arc::new(record);
+        let stored = match recorded {
+            Some(_) if head.storable && !job.ttl.is_zero() => {
                 self.l1.insert(job.key, Arc::clone(&record)).await;
                 self.tally(&self.counters.stored, FleetCounter::Stored);
-                Some(record)
+                Some(record.clone())
             }
             _ => None,
         };
+        // Followers streamed the response live: count what they saved.
+        let followers = leader.settle(Arc::new(record.info.clone()), received);
+        self.count_savings(&record.info, received, followers);
+        leader.complete(trailers);
         // Dropping the leader takes the flight out of the map, after the
         // record is in L1: a newcomer finds one or the other.
         drop(leader);

@@ -33,7 +33,7 @@ use http_body::{Frame, SizeHint};
 use crate::{
     error::{BoxError, SharedError},
     key::Key,
-    record::Record,
+    record::{Meta, Record},
 };
 
 const SHARDS: usize = 64;
@@ -138,7 +138,11 @@ struct State {
     /// Position of each live reader (index of its next chunk), by slot.
     positions: Vec<Option<usize>>,
     readers: usize,
+    /// Followers that joined before the leader settled the flight.
     followers: u64,
+    /// What the leader learned of the complete response, and its length:
+    /// followers that join later count their own savings from it.
+    settled: Option<(Arc<Meta>, u64)>,
     /// The leader's body task, waiting for readers to make room.
     driver: Option<Waker>,
     end: Option<End>,
@@ -164,7 +168,10 @@ enum End {
 /// What joining a flight gave a follower.
 pub(crate) enum Joined {
     Replay(Arc<Record>),
-    Live(Arc<Head>, Reader),
+    /// The live response; with the entry's metadata and length when the
+    /// leader had already settled the flight (this follower then counts its
+    /// own savings).
+    Live(Arc<Head>, Reader, Option<(Arc<Meta>, u64)>),
     /// The flight cannot serve this follower: lead or follow a new one.
     Retry,
 }
@@ -185,6 +192,7 @@ impl Flight {
                 positions: Vec::new(),
                 readers: 0,
                 followers: 0,
+                settled: None,
                 driver: None,
                 end: None,
             }),
@@ -214,9 +222,12 @@ impl Flight {
                 Phase::Live(_) if state.base > 0 => Poll::Ready(Joined::Retry),
                 Phase::Live(head) => {
                     let head = Arc::clone(head);
-                    state.followers += 1;
+                    let settled = state.settled.clone();
+                    if settled.is_none() {
+                        state.followers += 1;
+                    }
                     let reader = state.add_reader(self);
-                    Poll::Ready(Joined::Live(head, reader))
+                    Poll::Ready(Joined::Live(head, reader, settled))
                 }
                 Phase::Abandoned => Poll::Ready(Joined::Retry),
             }
@@ -295,16 +306,6 @@ pub(crate) struct Leader {
     finished: bool,
 }
 
-/// A body that reached its end.
-pub(crate) struct Completed {
-    /// The whole body, when it was recorded.
-    pub(crate) body: Option<Bytes>,
-    /// Followers that joined the live response.
-    pub(crate) followers: u64,
-    /// Body bytes received.
-    pub(crate) received: u64,
-}
-
 /// What happened to a pushed chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -376,33 +377,37 @@ impl Leader {
         .await
     }
 
-    /// Ends the body. Returns the whole body when it was recorded.
-    pub(crate) fn complete(&mut self, trailers: Option<HeaderMap>) -> Completed {
-        let mut body = None;
-        let mut followers = 0;
-        let mut received = 0;
-        self.flight.publish(|state| {
-            followers = state.followers;
-            received = state.received;
-            if state.recording {
-                body = Some(match state.chunks.len() {
-                    0 => Bytes::new(),
-                    1 => state.chunks[0].clone(),
-                    _ => {
-                        let mut out = bytes::BytesMut::with_capacity(state.held);
-                        state.chunks.iter().for_each(|c| out.extend_from_slice(c));
-                        out.freeze()
-                    }
-                });
+    /// The whole body so far, if it is being recorded, and how many bytes
+    /// were received. Called once the upstream body has ended, before
+    /// [`complete`](Self::complete) tells the readers.
+    pub(crate) fn recorded(&self) -> (Option<Bytes>, u64) {
+        let state = self.flight.state();
+        let body = state.recording.then(|| match state.chunks.len() {
+            0 => Bytes::new(),
+            1 => state.chunks[0].clone(),
+            _ => {
+                let mut out = bytes::BytesMut::with_capacity(state.held);
+                state.chunks.iter().for_each(|c| out.extend_from_slice(c));
+                out.freeze()
             }
-            state.end = Some(End::Complete(trailers));
         });
+        (body, state.received)
+    }
+
+    /// Ends the body for every reader.
+    pub(crate) fn complete(&mut self, trailers: Option<HeaderMap>) {
+        self.flight
+            .publish(|state| state.end = Some(End::Complete(trailers)));
         self.finished = true;
-        Completed {
-            body,
-            followers,
-            received,
-        }
+    }
+
+    /// Records what the leader learned of the complete response. Returns how
+    /// many followers joined before: the leader counts their savings, later
+    /// ones count their own.
+    pub(crate) fn settle(&self, meta: Arc<Meta>, received: u64) -> u64 {
+        let mut state = self.flight.state();
+        state.settled = Some((meta, received));
+        state.followers
     }
 
     /// Ends the body with an error every reader sees.

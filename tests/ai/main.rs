@@ -1,5 +1,12 @@
 //! Token usage read from recorded shapes of public OpenAI and Anthropic
-//! responses, and the parsers' robustness against arbitrary input.
+//! responses, the parsers' robustness against arbitrary input, and what the
+//! layer reports saved.
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod fixtures;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod no_panic;
+mod savings;

@@ -6,6 +6,8 @@ mod support;
 
 mod bodies;
 mod coalescing;
+mod controls;
+mod key_header;
 mod loopback;
 mod policy;
 mod readiness;

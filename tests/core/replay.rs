@@ -129,3 +129,19 @@ async fn purge_forgets_one_entry() {
         b"answer #2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_after_the_last_byte_is_always_a_hit() {
+    // The entry is stored before the caller sees the end of the body, so an
+    // immediate repeat never lands in the gap.
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::new().layer(inner);
+    for i in 0..200 {
+        let body: &'static str = Box::leak(format!("prompt {i}").into_boxed_str());
+        let first = fetch(&service, post("/", body)).await;
+        let again = fetch(&service, post("/", body)).await;
+        assert!(again.cache_status().starts_with("tower-idempotency; hit"), "round {i}: {}", again.cache_status());
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(calls.get(), 200);
+}

@@ -1,0 +1,159 @@
+//! Per-request control headers: what each does, and that none reaches the
+//! upstream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tower::Layer;
+use tower_idempotency::{ErrorKind, IdempotencyLayer};
+
+use crate::support::*;
+
+fn with(headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/v1/chat");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(Full::new(Bytes::from_static(b"prompt")))
+        .unwrap()
+}
+
+/// An upstream that fails the test if a control header reaches it.
+fn guarded() -> (impl TestService, Calls) {
+    upstream(|seen: Seen| async move {
+        let leaked: Vec<_> = seen
+            .head
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-idempotency-"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "control headers reached the upstream: {leaked:?}"
+        );
+        respond(200, format!("answer #{}", seen.call))
+    })
+}
+
+fn layer() -> IdempotencyLayer {
+    IdempotencyLayer::builder().control_headers(true).build()
+}
+
+#[tokio::test]
+async fn bypass_passes_through_untouched() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    fetch(&service, with(&[])).await;
+    let bypassed = fetch(&service, with(&[("x-idempotency-bypass", "true")])).await;
+    assert_eq!(
+        (&bypassed.body[..], bypassed.cache_status()),
+        (&b"answer #2"[..], "tower-idempotency; fwd=bypass")
+    );
+    assert_eq!(
+        &fetch(&service, with(&[])).await.body[..],
+        b"answer #1",
+        "the stored entry is untouched"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn refresh_replaces_the_stored_answer() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    fetch(&service, with(&[])).await;
+    let fresh = fetch(&service, with(&[("x-idempotency-refresh", "true")])).await;
+    assert_eq!(
+        fresh.cache_status(),
+        "tower-idempotency; fwd=request; stored"
+    );
+    assert_eq!(&fetch(&service, with(&[])).await.body[..], b"answer #2");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn ttl_sets_how_long_this_answer_lives() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    let first = fetch(&service, with(&[("x-idempotency-ttl", "1")])).await;
+    assert_eq!(&first.body[..], b"answer #1");
+    let replay = fetch(&service, with(&[])).await;
+    let ttl: u64 = replay
+        .cache_status()
+        .strip_prefix("tower-idempotency; hit; ttl=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ttl <= 1, "one second, not the default hour: ttl={ttl}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(&fetch(&service, with(&[])).await.body[..], b"answer #2");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn namespace_separates_this_request_from_the_default() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    fetch(&service, with(&[])).await;
+    let other = fetch(&service, with(&[("x-idempotency-namespace", "model-v2")])).await;
+    assert_eq!(&other.body[..], b"answer #2");
+    assert_eq!(
+        &fetch(&service, with(&[("x-idempotency-namespace", "model-v2")]))
+            .await
+            .body[..],
+        b"answer #2"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn invalid_control_values_are_answered_400() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    for (name, value) in [
+        ("x-idempotency-ttl", "soon"),
+        ("x-idempotency-bypass", "maybe"),
+        ("x-idempotency-refresh", "yes please"),
+    ] {
+        let response = tower::ServiceExt::oneshot(service.clone(), with(&[(name, value)]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{name}: {value}");
+        assert_eq!(
+            response
+                .extensions()
+                .get::<tower_idempotency::Error>()
+                .unwrap()
+                .kind(),
+            ErrorKind::InvalidControl
+        );
+        let answer = Answer::read(response).await;
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert!(String::from_utf8_lossy(&answer.body).contains(name));
+    }
+    assert_eq!(calls.get(), 0);
+}
+
+#[tokio::test]
+async fn without_the_option_control_headers_are_ordinary_headers() {
+    let (inner, calls) = upstream(|seen: Seen| async move {
+        respond(
+            200,
+            format!(
+                "saw bypass={:?}",
+                seen.head.headers.get("x-idempotency-bypass")
+            ),
+        )
+    });
+    let service = IdempotencyLayer::new().layer(inner);
+    fetch(&service, with(&[("x-idempotency-bypass", "true")])).await;
+    let again = fetch(&service, with(&[("x-idempotency-bypass", "true")])).await;
+    assert!(String::from_utf8_lossy(&again.body).contains("\"true\""));
+    assert_eq!(calls.get(), 1);
+}
