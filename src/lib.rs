@@ -118,6 +118,9 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 #[cfg(feature = "ai")]
 pub mod ai;
 mod body;

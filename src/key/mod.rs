@@ -23,7 +23,7 @@ use std::{fmt, sync::Arc};
 use http::{request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
 
-pub(crate) use json::IgnoreFields;
+pub(crate) use json::{canonicalize, IgnoreFields};
 
 /// Version of the framing below. Bump it when the framing changes, so that old
 /// entries are simply never found again.

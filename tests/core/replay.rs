@@ -140,7 +140,11 @@ async fn a_repeat_after_the_last_byte_is_always_a_hit() {
         let body: &'static str = Box::leak(format!("prompt {i}").into_boxed_str());
         let first = fetch(&service, post("/", body)).await;
         let again = fetch(&service, post("/", body)).await;
-        assert!(again.cache_status().starts_with("tower-idempotency; hit"), "round {i}: {}", again.cache_status());
+        assert!(
+            again.cache_status().starts_with("tower-idempotency; hit"),
+            "round {i}: {}",
+            again.cache_status()
+        );
         assert_eq!(again.body, first.body);
     }
     assert_eq!(calls.get(), 200);

@@ -6,6 +6,7 @@ mod support;
 
 mod cluster;
 mod faults;
+mod key_header;
 mod sharing;
 
 use std::time::Duration;
