@@ -1,5 +1,5 @@
-//! Two gateways sharing one Redis: concurrent duplicates spread over both
-//! cost one upstream call.
+//! Two gateways sharing one Redis (or one Redis Cluster): concurrent
+//! duplicates spread over both cost one upstream call.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,7 +7,10 @@ use tokio::{sync::Semaphore, time::timeout};
 
 use crate::{
     harness::{client, post_json, until, Gateway},
-    support::{redis_server::RedisServer, Answer},
+    support::{
+        redis_server::{RedisCluster, RedisServer},
+        Answer,
+    },
     upstream::Upstream,
 };
 
@@ -17,9 +20,24 @@ const PROMPT: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_duplicates_split_across_two_gateways_make_one_upstream_call() {
     let redis = RedisServer::start();
+    twenty_duplicates_make_one_call(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_on_a_redis_cluster_share_calls_too() {
+    let cluster = RedisCluster::start();
+    twenty_duplicates_make_one_call(&["--redis-cluster", &cluster.urls().join(",")]).await;
+}
+
+/// Starts two gateways with `redis_args`, sends them twenty identical
+/// requests (ten each) while the upstream holds its answer, and checks that
+/// the upstream was called once and every answer is the same bytes.
+async fn twenty_duplicates_make_one_call(redis_args: &[&str]) {
     let gate = Arc::new(Semaphore::new(0));
     let upstream = Upstream::echo_gated(Arc::clone(&gate)).await;
-    let args = ["--upstream", &upstream.url(), "--redis", &redis.url()];
+    let url = upstream.url();
+    let mut args = vec!["--upstream", &url];
+    args.extend_from_slice(redis_args);
     let gateways = [Gateway::start(&args), Gateway::start(&args)];
 
     let client = client();
@@ -44,6 +62,13 @@ async fn twenty_duplicates_split_across_two_gateways_make_one_upstream_call() {
     })
     .await;
     assert!(seen, "all twenty requests reach the two gateways");
+    let called = until(Duration::from_secs(10), || async {
+        upstream.calls.get() > 0
+    })
+    .await;
+    assert!(called, "one of them reaches the upstream");
+    // Give any second call time to show up before the answer is released.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.calls.get(), 1, "one call while the others wait");
     gate.add_permits(100);
 
