@@ -156,6 +156,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(%address, %upstream, "gateway ready");
     // The one line a supervisor (or a test) waits for.
     let mut stdout = std::io::stdout().lock();
@@ -164,7 +165,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     drop(stdout);
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
 
     // Every connection is closed. Upstream calls whose callers went away run
@@ -177,31 +178,32 @@ async fn run(args: Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Installs the SIGTERM and Ctrl-C handlers now, so that a signal arriving
+/// right after start-up is not lost; the future resolves on the first.
+fn shutdown_signal() -> std::io::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: finishing the requests in flight"),
+                _ = interrupt.recv() => tracing::info!("ctrl-c: finishing the requests in flight"),
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+        }))
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c: finishing the requests in flight"),
-        () = terminate => tracing::info!("SIGTERM: finishing the requests in flight"),
+    {
+        Ok(Box::pin(async {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => tracing::info!("ctrl-c: finishing the requests in flight"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for ctrl-c");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }))
     }
 }
 

@@ -70,3 +70,12 @@ async fn ctrl_c_stops_an_idle_gateway_with_status_zero() {
     let status = gateway.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", gateway.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_the_listening_line_still_exits_zero() {
+    let upstream = Upstream::echo().await;
+    let mut gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    gateway.signal("TERM");
+    let status = gateway.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+}
