@@ -16,9 +16,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ErrorKind {
     /// The request body could not be read (answered 400).
     RequestBody,
-    /// In strict mode, an identical request was still in flight when the
-    /// wait deadline passed (answered 409).
+    /// In strict mode, an identical request was still in flight (answered
+    /// 409): with an `Idempotency-Key`, at once; otherwise past the wait
+    /// deadline.
     InFlight,
+    /// The `Idempotency-Key` header is required here and missing (answered 400).
+    MissingKey,
+    /// The `Idempotency-Key` header is malformed (answered 400).
+    InvalidKey,
+    /// The `Idempotency-Key` was already used with another payload
+    /// (answered 422).
+    KeyReused,
+    /// A control header has an invalid value (answered 400).
+    InvalidControl,
 }
 
 /// A failure of the layer itself, found in the extensions of the response
@@ -43,6 +53,14 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
+
+    /// The message for the client: what went wrong and, when known, why.
+    pub(crate) fn detail(&self) -> String {
+        match &self.source {
+            Some(source) => format!("{self}: {source}"),
+            None => self.to_string(),
+        }
+    }
 }
 
 impl fmt::Debug for Error {
@@ -59,6 +77,10 @@ impl fmt::Display for Error {
         match self.kind {
             ErrorKind::RequestBody => f.write_str("request body could not be read"),
             ErrorKind::InFlight => f.write_str("an identical request is still in flight"),
+            ErrorKind::MissingKey => f.write_str("idempotency-key is required"),
+            ErrorKind::InvalidKey => f.write_str("idempotency-key is invalid"),
+            ErrorKind::KeyReused => f.write_str("idempotency-key was used with another payload"),
+            ErrorKind::InvalidControl => f.write_str("invalid control header"),
         }
     }
 }

@@ -36,6 +36,9 @@ pin_project! {
         Engine {
             future: Boxed<B, E>,
         },
+        Ready {
+            response: Option<Response<ResponseBody<B>>>,
+        },
     }
 }
 
@@ -49,6 +52,14 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn engine(future: Boxed<B, E>) -> Self {
         Self {
             state: State::Engine { future },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<ResponseBody<B>>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
         }
     }
 }
@@ -69,6 +80,9 @@ where
                 Poll::Ready(Ok(response))
             }
             StateProj::Engine { future } => future.as_mut().poll(cx),
+            StateProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
         }
     }
 }

@@ -28,6 +28,11 @@ pub struct IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
+    }
+
     /// A layer with the default configuration.
     pub fn new() -> Self {
         Builder::default().build()
@@ -40,7 +45,7 @@ impl IdempotencyLayer {
 
     /// What the layer has done so far, across every service it made.
     pub fn stats(&self) -> Stats {
-        self.engine.counters.snapshot(self.engine.l2().health())
+        self.engine.stats()
     }
 
     /// Upstream calls in progress (flights). Zero when the layer is idle.
@@ -65,7 +70,13 @@ impl IdempotencyLayer {
     /// key of a response the layer answered is in that response's
     /// extensions.
     pub async fn purge(&self, key: &crate::Key) {
-        self.engine.purge(key).await;
+        self.engine.purge(None, key).await;
+    }
+
+    /// [`purge`](Self::purge), for an entry stored under another namespace
+    /// (one chosen per request with `x-idempotency-namespace`).
+    pub async fn purge_in(&self, namespace: &str, key: &crate::Key) {
+        self.engine.purge(Some(namespace), key).await;
     }
 
     /// Forgets every entry of a namespace (the seed's "the model changed"):
@@ -260,6 +271,46 @@ impl Builder {
     /// identical in-flight request runs past [`wait_timeout`](Self::wait_timeout).
     pub fn strict(mut self, strict: bool) -> Self {
         self.config.strict = strict;
+        self
+    }
+
+    /// Reads the per-request control headers, and removes them before the
+    /// request goes on: `x-idempotency-bypass: true` (pass through untouched),
+    /// `x-idempotency-refresh: true` (skip the look-up, store the fresh
+    /// answer), `x-idempotency-ttl: <seconds>` and
+    /// `x-idempotency-namespace: <name>`. An invalid value is answered 400.
+    /// Default: off (the headers pass through like any other). Turn it on
+    /// where the callers are trusted to steer the cache, as in a gateway.
+    pub fn control_headers(mut self, enabled: bool) -> Self {
+        self.config.control_headers = enabled;
+        self
+    }
+
+    /// Keys requests by their `Idempotency-Key` header (the IETF draft, and
+    /// Stripe's behaviour): the key is the header's value, scoped by method,
+    /// path and the vary headers; the payload's fingerprint is stored with
+    /// the response, and the same key with another payload is answered 422.
+    /// With [`KeyHeader::Required`](crate::KeyHeader::Required), a request
+    /// without the header is answered 400. Keys longer than 255 characters
+    /// or with characters outside visible ASCII are answered 400.
+    pub fn idempotency_key_header(mut self, mode: crate::KeyHeader) -> Self {
+        self.config.key_header = Some(mode);
+        self
+    }
+
+    /// Prices of the calls the layer saves, to report money saved. Nothing
+    /// is priced by default.
+    #[cfg(feature = "ai")]
+    pub fn prices(mut self, prices: crate::ai::PriceTable) -> Self {
+        self.config.prices = Some(prices);
+        self
+    }
+
+    /// What to do with AI requests that ask for nondeterministic sampling.
+    /// Default: nothing special (they are cached like any other).
+    #[cfg(feature = "ai")]
+    pub fn sampling_policy(mut self, policy: crate::SamplingPolicy) -> Self {
+        self.config.sampling = Some(policy);
         self
     }
 

@@ -114,16 +114,21 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 // The README's examples compile as doc-tests.
-#[cfg(all(doctest, feature = "redis"))]
+#[cfg(all(doctest, feature = "redis", feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "ai")]
+pub mod ai;
 mod body;
 mod cache_status;
+#[cfg(feature = "reqwest")]
+mod client;
 mod engine;
 mod error;
 mod flight;
 mod future;
+pub mod idempotency_key;
 mod key;
 mod layer;
 mod policy;
@@ -131,15 +136,21 @@ mod record;
 mod service;
 mod stats;
 mod store;
+mod telemetry;
 
 pub use body::{RequestBody, ResponseBody};
 pub use cache_status::CACHE_STATUS;
+#[cfg(feature = "reqwest")]
+pub use client::IdempotencyMiddleware;
+pub use engine::KeyHeader;
+#[cfg(feature = "ai")]
+pub use engine::SamplingPolicy;
 pub use error::{BoxError, Error, ErrorKind};
 pub use future::ResponseFuture;
 pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
 pub use layer::{Builder, IdempotencyLayer};
 pub use policy::{StorePredicate, Successful};
 pub use service::Idempotency;
-pub use stats::{Bypassed, Hits, Stats, StoreHealth};
+pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 #[cfg(feature = "redis")]
 pub use store::redis::{EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError};

@@ -1,6 +1,7 @@
 //! The service [`IdempotencyLayer`](crate::IdempotencyLayer) makes.
 
 use std::{
+    future::Future,
     mem,
     sync::Arc,
     task::{Context, Poll},
@@ -12,7 +13,7 @@ use tower_service::Service;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Engine, Upstream},
+    engine::{Answer, Classified, Engine, Lead, Upstream},
     error::BoxError,
     future::ResponseFuture,
     stats::Stats,
@@ -50,7 +51,7 @@ impl<S> Idempotency<S> {
 
     /// What the layer has done so far, across every clone.
     pub fn stats(&self) -> Stats {
-        self.engine.counters.snapshot(self.engine.l2().health())
+        self.engine.stats()
     }
 }
 
@@ -93,24 +94,23 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.engine.classify(request.method(), request.headers()) {
-            Err(skip) => {
+        let (mut parts, body) = request.into_parts();
+        match self.engine.classify(&parts.method, &mut parts.headers) {
+            Classified::Skip(skip) => {
                 self.engine.count_upstream_call();
-                let future = self.inner.call(request.map(RequestBody::passthrough));
-                ResponseFuture::skipped(future, self.engine.skip_status(skip))
+                let request = Request::from_parts(parts, RequestBody::passthrough(body));
+                ResponseFuture::skipped(self.inner.call(request), self.engine.skip_status(skip))
             }
-            Ok(directive) => {
+            Classified::Reject(error) => ResponseFuture::ready(self.engine.reject(error)),
+            Classified::Engine(plan) => {
                 // The engine calls the inner service only after async work (the
                 // body, the look-up): move the instance known to be ready into
                 // the future and keep a fresh clone.
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
                 let engine = Arc::clone(&self.engine);
-                ResponseFuture::engine(Box::pin(engine.handle(
-                    request,
-                    directive,
-                    ReadyService(ready),
-                )))
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::engine(Box::pin(engine.handle(request, plan, ReadyService(ready))))
             }
         }
     }
@@ -124,13 +124,27 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send,
     ResBody: Body + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Body = ResBody;
     type Error = S::Error;
-    type Future = S::Future;
 
-    fn call(mut self, request: Request<ReqBody>) -> Self::Future {
+    fn forward(
+        mut self,
+        request: Request<ReqBody>,
+    ) -> impl Future<Output = Result<Response<ResBody>, S::Error>> + Send {
         self.0.call(request)
+    }
+
+    fn lead(
+        mut self,
+        engine: Arc<Engine>,
+        lead: Lead,
+        request: Request<ReqBody>,
+    ) -> impl Future<Output = Answer<ResBody, S::Error>> + Send {
+        // A Tower future owns everything it needs: it runs in its own task.
+        engine.lead_detached(lead, self.0.call(request))
     }
 }

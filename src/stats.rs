@@ -23,6 +23,12 @@ pub(crate) struct Counters {
     pub(crate) upstream_errors: AtomicU64,
     pub(crate) stored: AtomicU64,
     pub(crate) bytes_saved: AtomicU64,
+    pub(crate) tokens_saved: AtomicU64,
+    pub(crate) micro_dollars_saved: AtomicU64,
+    pub(crate) bypass_sampling: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) key_reused: AtomicU64,
+    pub(crate) in_flight_conflicts: AtomicU64,
 }
 
 impl Counters {
@@ -42,6 +48,7 @@ impl Counters {
             no_store: get(&self.bypass_no_store),
             too_large: get(&self.bypass_too_large),
             no_key: get(&self.bypass_no_key),
+            sampling: get(&self.bypass_sampling),
         };
         let hits = Hits {
             l1: get(&self.hits_l1),
@@ -63,6 +70,13 @@ impl Counters {
             upstream_errors: get(&self.upstream_errors),
             stored: get(&self.stored),
             bytes_saved: get(&self.bytes_saved),
+            tokens_saved: get(&self.tokens_saved),
+            money_saved: Money::from_micro_dollars(get(&self.micro_dollars_saved)),
+            rejected: Rejected {
+                total: get(&self.rejected) + get(&self.key_reused) + get(&self.in_flight_conflicts),
+                key_reused: get(&self.key_reused),
+                in_flight: get(&self.in_flight_conflicts),
+            },
             calls_saved: answered,
             wait_timeouts: get(&self.wait_timeouts),
             store: StoreHealth {
@@ -107,6 +121,13 @@ pub struct Stats {
     pub stored: u64,
     /// Response body bytes served without an upstream call.
     pub bytes_saved: u64,
+    /// Tokens (input and output) of the AI calls avoided, from the `usage`
+    /// the upstream reported.
+    pub tokens_saved: u64,
+    /// Money the avoided calls would have cost, by the price table.
+    pub money_saved: Money,
+    /// Requests the layer answered with an error of its own (400, 409, 422).
+    pub rejected: Rejected,
     /// Upstream calls avoided: hits plus coalesced followers.
     pub calls_saved: u64,
     /// Share of cacheable requests answered without an upstream call.
@@ -152,17 +173,65 @@ impl Hits {
 pub struct Bypassed {
     /// The method is not eligible.
     pub method: u64,
-    /// The request said `Cache-Control: no-store`.
+    /// The request said `Cache-Control: no-store` (or, with control headers,
+    /// `x-idempotency-bypass: true`).
     pub no_store: u64,
     /// The request body was over the limit, or carried trailers.
     pub too_large: u64,
     /// The custom key function declined the request.
     pub no_key: u64,
+    /// The sampling policy ruled the request nondeterministic.
+    pub sampling: u64,
 }
 
 impl Bypassed {
     /// All bypasses.
     pub fn total(&self) -> u64 {
-        self.method + self.no_store + self.too_large + self.no_key
+        self.method + self.no_store + self.too_large + self.no_key + self.sampling
+    }
+}
+
+/// Requests the layer answered with an error of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Rejected {
+    /// All of them (bad request bodies are counted apart, in `bad_requests`).
+    pub total: u64,
+    /// 422: an `Idempotency-Key` reused with another payload.
+    pub key_reused: u64,
+    /// 409: an identical request still in flight, in strict mode.
+    pub in_flight: u64,
+}
+
+/// An amount of money, kept in micro-dollars so that sums are exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Money {
+    micro_dollars: u64,
+}
+
+impl Money {
+    /// From micro-dollars (millionths of a dollar).
+    pub const fn from_micro_dollars(micro_dollars: u64) -> Self {
+        Self { micro_dollars }
+    }
+
+    /// In micro-dollars.
+    pub const fn micro_dollars(self) -> u64 {
+        self.micro_dollars
+    }
+
+    /// In dollars.
+    pub fn dollars(self) -> f64 {
+        self.micro_dollars as f64 / 1_000_000.0
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut money = serializer.serialize_struct("Money", 2)?;
+        money.serialize_field("dollars", &self.dollars())?;
+        money.serialize_field("micro_dollars", &self.micro_dollars)?;
+        money.end()
     }
 }

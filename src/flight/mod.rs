@@ -63,13 +63,15 @@ impl Flights {
         lock(&self.shards[usize::from(key.as_bytes()[0]) % SHARDS])
     }
 
-    /// Follows the flight in progress for `key`, or starts one led by the caller.
-    pub(crate) fn join_or_lead(self: &Arc<Self>, key: Key) -> Role {
+    /// Follows the flight in progress for `key`, or starts one led by the
+    /// caller. `fingerprint` is the leader's payload in `Idempotency-Key`
+    /// mode, for followers to compare theirs with.
+    pub(crate) fn join_or_lead(self: &Arc<Self>, key: Key, fingerprint: Option<Key>) -> Role {
         let mut map = self.shard(&key);
         if let Some(flight) = map.get(&key) {
             return Role::Follow(Arc::clone(flight));
         }
-        let flight = Arc::new(Flight::new(key));
+        let flight = Arc::new(Flight::new(key, fingerprint));
         map.insert(key, Arc::clone(&flight));
         Role::Lead(Leader {
             flights: Some(Arc::clone(self)),
@@ -80,10 +82,10 @@ impl Flights {
 
     /// A flight nobody can join: for a request that must reach the inner
     /// service itself (a client's `no-cache`) but whose answer is recorded.
-    pub(crate) fn solo(key: Key) -> Leader {
+    pub(crate) fn solo(key: Key, fingerprint: Option<Key>) -> Leader {
         Leader {
             flights: None,
-            flight: Arc::new(Flight::new(key)),
+            flight: Arc::new(Flight::new(key, fingerprint)),
             finished: false,
         }
     }
@@ -118,6 +120,7 @@ pub(crate) struct Head {
 /// One upstream call and everyone waiting for it.
 pub(crate) struct Flight {
     key: Key,
+    fingerprint: Option<Key>,
     state: Mutex<State>,
 }
 
@@ -167,9 +170,10 @@ pub(crate) enum Joined {
 }
 
 impl Flight {
-    fn new(key: Key) -> Self {
+    fn new(key: Key, fingerprint: Option<Key>) -> Self {
         Self {
             key,
+            fingerprint,
             state: Mutex::new(State {
                 phase: Phase::Pending,
                 waiters: Vec::new(),
@@ -189,6 +193,11 @@ impl Flight {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// The leader's payload fingerprint, in `Idempotency-Key` mode.
+    pub(crate) fn fingerprint(&self) -> Option<Key> {
+        self.fingerprint
     }
 
     /// Waits for the leader's outcome.
@@ -306,10 +315,6 @@ pub(crate) enum Pushed {
 }
 
 impl Leader {
-    pub(crate) fn key(&self) -> &Key {
-        &self.flight.key
-    }
-
     /// Answers the flight with a stored entry.
     pub(crate) fn replay(mut self, record: Arc<Record>) {
         self.flight

@@ -31,6 +31,7 @@ const FORMAT_VERSION: u8 = 1;
 
 const KIND_CONTENT: u8 = 0;
 const KIND_CUSTOM: u8 = 1;
+const KIND_HEADER: u8 = 2;
 
 const BODY_RAW: u8 = 0;
 const BODY_JSON: u8 = 1;
@@ -74,6 +75,20 @@ impl Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Key::from_hex(&hex)
+            .ok_or_else(|| serde::de::Error::custom("a key is 64 hexadecimal digits"))
     }
 }
 
@@ -195,25 +210,46 @@ impl Default for KeySpec {
 }
 
 impl KeySpec {
-    /// The key of a request, or `None` when a custom key function declined it.
-    pub(crate) fn key(&self, parts: &Parts, body: &[u8]) -> Option<Key> {
+    /// The key of a request in `namespace`, or `None` when a custom key
+    /// function declined it.
+    pub(crate) fn key(&self, namespace: &str, parts: &Parts, body: &[u8]) -> Option<Key> {
         let mut hasher = Sha256::new();
-        self.frame(parts, body, &mut hasher)?;
+        self.frame(namespace, parts, body, &mut hasher)?;
         Some(Key(hasher.finalize().into()))
     }
 
+    /// The key of a request that names itself with an `Idempotency-Key`: the
+    /// header's value, scoped by method, path and the vary headers (so one
+    /// tenant's key never names another tenant's request).
+    pub(crate) fn header_key(&self, namespace: &str, parts: &Parts, value: &str) -> Key {
+        let mut hasher = Sha256::new();
+        hasher.put(&[FORMAT_VERSION, KIND_HEADER]);
+        field(&mut hasher, namespace.as_bytes());
+        field(&mut hasher, parts.method.as_str().as_bytes());
+        field(&mut hasher, parts.uri.path().as_bytes());
+        self.frame_vary(parts, &mut hasher);
+        field(&mut hasher, value.as_bytes());
+        Key(hasher.finalize().into())
+    }
+
     /// Writes the framing of a request into `sink`.
-    pub(crate) fn frame(&self, parts: &Parts, body: &[u8], sink: &mut impl Sink) -> Option<()> {
+    pub(crate) fn frame(
+        &self,
+        namespace: &str,
+        parts: &Parts,
+        body: &[u8],
+        sink: &mut impl Sink,
+    ) -> Option<()> {
         if let Some(custom) = &self.custom {
             let material = custom.make_key(parts, body)?;
             sink.put(&[FORMAT_VERSION, KIND_CUSTOM]);
-            field(sink, self.namespace.as_bytes());
+            field(sink, namespace.as_bytes());
             field(sink, &material);
             return Some(());
         }
 
         sink.put(&[FORMAT_VERSION, KIND_CONTENT]);
-        field(sink, self.namespace.as_bytes());
+        field(sink, namespace.as_bytes());
         field(sink, parts.method.as_str().as_bytes());
         field(sink, parts.uri.scheme_str().unwrap_or("").as_bytes());
         field(
@@ -233,6 +269,12 @@ impl KeySpec {
         count(sink, pairs.len());
         pairs.iter().for_each(|pair| field(sink, pair.as_bytes()));
 
+        self.frame_vary(parts, sink);
+        self.frame_body(parts, body, sink);
+        Some(())
+    }
+
+    fn frame_vary(&self, parts: &Parts, sink: &mut impl Sink) {
         count(sink, self.vary.len());
         for name in &self.vary {
             field(sink, name.as_str().as_bytes());
@@ -242,9 +284,6 @@ impl KeySpec {
                 .iter()
                 .for_each(|value| field(sink, value.as_bytes()));
         }
-
-        self.frame_body(parts, body, sink);
-        Some(())
     }
 
     fn frame_body(&self, parts: &Parts, body: &[u8], sink: &mut impl Sink) {
@@ -327,7 +366,8 @@ mod tests {
     }
 
     fn key(spec: &KeySpec, builder: http::request::Builder, body: &str) -> Key {
-        spec.key(&parts(builder), body.as_bytes()).unwrap()
+        spec.key(&spec.namespace, &parts(builder), body.as_bytes())
+            .unwrap()
     }
 
     fn post(uri: &str) -> http::request::Builder {
@@ -472,7 +512,7 @@ mod tests {
         };
         let framed = |builder: http::request::Builder| {
             let mut out = Vec::new();
-            spec.frame(&parts(builder), b"", &mut out).unwrap();
+            spec.frame("", &parts(builder), b"", &mut out).unwrap();
             out
         };
         assert_ne!(
@@ -532,7 +572,7 @@ mod tests {
             key(&spec, post("/a").header("x-doc", "1"), "{}"),
             key(&spec, post("/b").header("x-doc", "1"), "[]")
         );
-        assert!(spec.key(&parts(post("/a")), b"").is_none());
+        assert!(spec.key("", &parts(post("/a")), b"").is_none());
     }
 
     #[test]

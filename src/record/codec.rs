@@ -188,6 +188,7 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record, DecodeError> {
         trailers,
         created_at,
         expires_at,
+        info: super::Meta::decode(&meta),
         meta,
     })
 }
@@ -375,6 +376,7 @@ mod tests {
             created_at: 1_700_000_000_123,
             expires_at: 1_700_000_600_123,
             meta: Bytes::from_static(b"\x00\x01meta\xff"),
+            info: Default::default(),
         }
     }
 
@@ -388,6 +390,7 @@ mod tests {
             created_at: 0,
             expires_at: u64::MAX,
             meta: Bytes::new(),
+            info: Default::default(),
         }
     }
 
@@ -752,6 +755,7 @@ mod tests {
                     created_at,
                     expires_at,
                     meta: Bytes::from(meta),
+                    info: Default::default(),
                 },
             )
     }

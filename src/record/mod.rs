@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::key::Key;
 
 /// A complete response, as stored and replayed.
 #[derive(Debug, Clone)]
@@ -21,9 +24,46 @@ pub(crate) struct Record {
     pub(crate) created_at: u64,
     /// Milliseconds since the Unix epoch.
     pub(crate) expires_at: u64,
-    /// What the layer learned of the response (token usage, model), encoded
-    /// by its owner; opaque here.
+    /// [`Meta`], encoded: what travels to and from the shared store.
     pub(crate) meta: Bytes,
+    /// [`Meta`], decoded once.
+    pub(crate) info: Meta,
+}
+
+/// What the layer learned of a request and its response, kept with the entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    /// In `Idempotency-Key` mode, the content key of the payload first sent
+    /// with the key: a different payload under the same key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fingerprint: Option<Key>,
+    /// The model the request asked for (or the response named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<String>,
+    /// Token usage the response reported.
+    #[cfg(feature = "ai")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<crate::ai::Usage>,
+}
+
+impl Meta {
+    pub(crate) fn encode(&self) -> Bytes {
+        if *self == Self::default() {
+            return Bytes::new();
+        }
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+
+    /// Never fails: unreadable metadata is no metadata.
+    #[cfg(feature = "redis")]
+    pub(crate) fn decode(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            return Self::default();
+        }
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
 }
 
 /// Bookkeeping bytes charged per entry on top of headers and body.

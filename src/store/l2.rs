@@ -28,33 +28,34 @@ pub(crate) enum Lookup {
     Unavailable,
 }
 
-/// The shared store for one namespace, if any.
+/// The shared store, if any. Every operation names the namespace by its tag
+/// ([`L2::tag`]), so one store serves requests of many namespaces.
 #[derive(Clone, Default)]
 pub(crate) struct L2 {
     #[cfg(feature = "redis")]
     redis: Option<RedisStore>,
-    #[cfg(feature = "redis")]
-    ns: String,
 }
 
 #[cfg(feature = "redis")]
 impl L2 {
-    pub(crate) fn new(redis: Option<RedisStore>, namespace: &str) -> Self {
-        Self {
-            redis,
-            ns: super::redis::ns_tag(namespace),
-        }
+    pub(crate) fn new(redis: Option<RedisStore>) -> Self {
+        Self { redis }
+    }
+
+    /// The namespace's tag in the store's key names.
+    pub(crate) fn tag(namespace: &str) -> String {
+        super::redis::ns_tag(namespace)
     }
 
     pub(crate) fn redis(&self) -> Option<&RedisStore> {
         self.redis.as_ref()
     }
 
-    pub(crate) async fn lookup(&self, key: &Key) -> Lookup {
+    pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
         let Some(redis) = &self.redis else {
             return Lookup::Unavailable;
         };
-        match redis.lookup(&self.ns, key).await {
+        match redis.lookup(ns, key).await {
             RedisLookup::Hit(record) => Lookup::Hit(record),
             RedisLookup::Claimed(lease) => Lookup::Claimed(lease),
             RedisLookup::Busy(ttl) => Lookup::Busy(ttl),
@@ -63,9 +64,15 @@ impl L2 {
         }
     }
 
-    pub(crate) async fn complete(&self, key: &Key, lease: Option<&Lease>, record: Option<&Record>) {
+    pub(crate) async fn complete(
+        &self,
+        ns: &str,
+        key: &Key,
+        lease: Option<&Lease>,
+        record: Option<&Record>,
+    ) {
         if let Some(redis) = &self.redis {
-            redis.complete(&self.ns, key, lease, record).await;
+            redis.complete(ns, key, lease, record).await;
         }
     }
 
@@ -73,10 +80,10 @@ impl L2 {
         self.redis.as_ref().map(|redis| redis.watch(key))
     }
 
-    pub(crate) fn keep_alive(&self, key: &Key, lease: &Lease) -> Option<Renewal> {
+    pub(crate) fn keep_alive(&self, ns: &str, key: &Key, lease: &Lease) -> Option<Renewal> {
         self.redis
             .as_ref()
-            .map(|redis| redis.keep_alive(&self.ns, key, lease))
+            .map(|redis| redis.keep_alive(ns, key, lease))
     }
 
     pub(crate) fn poll_interval(&self) -> Duration {
@@ -85,9 +92,9 @@ impl L2 {
             .map_or(Duration::from_millis(500), RedisStore::poll_interval)
     }
 
-    pub(crate) fn count_l1_hit(&self, key: &Key) {
+    pub(crate) fn count_l1_hit(&self, ns: &str, key: &Key) {
         if let Some(redis) = &self.redis {
-            redis.count_l1_hit(&self.ns, key);
+            redis.count_l1_hit(ns, key);
         }
     }
 
@@ -106,16 +113,21 @@ impl L2 {
 
 #[cfg(not(feature = "redis"))]
 impl L2 {
-    pub(crate) fn new(_namespace: &str) -> Self {
+    pub(crate) fn new() -> Self {
         Self {}
     }
 
-    pub(crate) async fn lookup(&self, _key: &Key) -> Lookup {
+    pub(crate) fn tag(_namespace: &str) -> String {
+        String::new()
+    }
+
+    pub(crate) async fn lookup(&self, _ns: &str, _key: &Key) -> Lookup {
         Lookup::Unavailable
     }
 
     pub(crate) async fn complete(
         &self,
+        _ns: &str,
         _key: &Key,
         _lease: Option<&Lease>,
         _record: Option<&Record>,
@@ -126,7 +138,7 @@ impl L2 {
         None
     }
 
-    pub(crate) fn keep_alive(&self, _key: &Key, _lease: &Lease) -> Option<Renewal> {
+    pub(crate) fn keep_alive(&self, _ns: &str, _key: &Key, _lease: &Lease) -> Option<Renewal> {
         None
     }
 
@@ -134,7 +146,7 @@ impl L2 {
         Duration::from_millis(500)
     }
 
-    pub(crate) fn count_l1_hit(&self, _key: &Key) {}
+    pub(crate) fn count_l1_hit(&self, _ns: &str, _key: &Key) {}
 
     pub(crate) fn count(&self, _counter: FleetCounter, _n: u64) {}
 

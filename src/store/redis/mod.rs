@@ -750,6 +750,7 @@ impl Inner {
             Err(_) => StoreError::timeout(),
         };
         self.errors.fetch_add(1, Relaxed);
+        crate::telemetry::store_error();
         match self.breaker.failure() {
             Change::FirstFailure => {
                 tracing::warn!(%error, "redis operation failed; going on without it")
