@@ -124,7 +124,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .namespace(args.namespace.clone())
         .ttl(Duration::from_secs(args.ttl))
         .max_request_body(args.max_body)
-        .max_response_body(args.max_body);
+        .max_response_body(args.max_body)
+        // Callers steer the cache per request with `x-idempotency-*`
+        // headers, which never reach the upstream.
+        .control_headers(true);
     if let Some(url) = &args.redis {
         let store = RedisStore::builder(url.as_str())
             .connect()

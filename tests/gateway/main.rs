@@ -13,6 +13,7 @@ mod harness;
 mod upstream;
 
 mod bodies;
+mod control;
 mod forwarding;
 mod sharing;
 mod shutdown;
