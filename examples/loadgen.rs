@@ -18,6 +18,12 @@
 //!   for no layer, ours, `axum-idempotent` and `tower-http-cache`;
 //! - `peers-hits`: hit throughput of the same four, warmed.
 //!
+//! Throughput comparisons run `--rounds` times with the contenders
+//! alternating, and report medians: the machine's speed may drift while
+//! they run. Besides requests per second and latency, each run reports the
+//! CPU time the process spent per request (servers and client together),
+//! which other processes competing for the cores do not move.
+//!
 //! ```text
 //! cargo run --release --example loadgen -- --duration 5 --concurrency 64 --scenario all
 //! ```
@@ -84,6 +90,10 @@ struct Args {
     /// Bursts per contender in `peers-coalesce`.
     #[arg(long, default_value_t = 3)]
     burst_rounds: usize,
+    /// Rounds of each throughput comparison; contenders alternate within a
+    /// round and the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Tokio worker threads, shared by the servers and the client.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -388,6 +398,10 @@ struct Run {
     /// Latency in microseconds.
     latency: Histogram<u64>,
     upstream_calls: u64,
+    /// CPU time this process (servers and client) spent per request, in
+    /// microseconds: unlike throughput, it does not move when other
+    /// processes compete for the cores.
+    cpu_us: f64,
 }
 
 impl Run {
@@ -407,6 +421,7 @@ async fn load(args: &Args, server: &Server, shape: Shape, duration: Duration, fi
     let issued = Arc::new(AtomicU64::new(first));
     let cap = first + args.max_requests;
     let calls_before = server.calls.load(Ordering::Relaxed);
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..args.concurrency)
@@ -443,6 +458,7 @@ async fn load(args: &Args, server: &Server, shape: Shape, duration: Duration, fi
         elapsed: Duration::ZERO,
         latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
         upstream_calls: 0,
+        cpu_us: 0.0,
     };
     for task in tasks {
         let (ok, errors, latency) = task.await.unwrap();
@@ -452,15 +468,31 @@ async fn load(args: &Args, server: &Server, shape: Shape, duration: Duration, fi
     }
     run.elapsed = started.elapsed();
     run.upstream_calls = server.calls.load(Ordering::Relaxed) - calls_before;
+    if let (Some(before), Some(after)) = (cpu_before, cpu_time()) {
+        run.cpu_us = (after - before).as_secs_f64() * 1e6 / run.requests.max(1) as f64;
+    }
     run
+}
+
+/// User plus system CPU time of this process, from `/proc/self/stat` (in
+/// clock ticks, 100 a second on Linux), or `None` elsewhere.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn print_run(label: &str, run: &Run) {
     println!(
-        "  {label:<44} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  ({} ok, {} errors, {} upstream calls)",
+        "  {label:<44} {:>8.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  {:>5.1} µs CPU/req  ({} ok, {} errors, {} upstream calls)",
         run.rps(),
         run.ms(0.50),
         run.ms(0.99),
+        run.cpu_us,
         run.requests,
         run.errors,
         run.upstream_calls,
@@ -493,29 +525,95 @@ async fn probe(server: &Server, shape: Shape) -> bool {
     reply.replayed
 }
 
+/// One contender of a throughput comparison.
+struct Entry {
+    label: &'static str,
+    contender: Contender,
+    latency: Duration,
+    shape: Shape,
+    /// Whether every measured request must be answered without the handler.
+    all_hits: bool,
+}
+
+/// Runs every entry once per round, alternating, so that drift in the
+/// machine's speed hits all of them alike; prints each run, then the median
+/// throughput of each entry and the median of its per-round ratio to the
+/// first entry.
+async fn compare(args: &Args, entries: &[Entry]) {
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    let mut p99: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    for round in 1..=args.rounds {
+        let mut baseline = None;
+        for (i, entry) in entries.iter().enumerate() {
+            let server = start(entry.contender, entry.latency).await;
+            if entry.all_hits {
+                // Store, then check that a repeat is answered from storage.
+                probe(&server, entry.shape).await;
+                probe(&server, entry.shape).await;
+            }
+            let run = measure(args, &server, entry.shape).await;
+            print_run(&format!("round {round}: {}", entry.label), &run);
+            if entry.all_hits {
+                assert_eq!(run.upstream_calls, 0, "{}: all hits", entry.label);
+            }
+            let baseline = *baseline.get_or_insert(run.rps());
+            ratios[i].push(run.rps() / baseline);
+            rps[i].push(run.rps());
+            p99[i].push(run.ms(0.99));
+            cpu[i].push(run.cpu_us);
+        }
+    }
+    println!("  median of {} rounds:", args.rounds);
+    for (i, entry) in entries.iter().enumerate() {
+        println!(
+            "  {:<44} {:>8.0} req/s  p99 {:>6.3} ms  {:>5.1} µs CPU/req  throughput ratio to {}: {:.3} (per round: {})",
+            entry.label,
+            median(&mut rps[i]),
+            median(&mut p99[i]),
+            median(&mut cpu[i]),
+            entries[0].label,
+            median(&mut ratios[i].clone()),
+            ratios[i]
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 async fn scenario_bare_hits_misses(args: &Args, which: Scenario) {
     let all = which == Scenario::All;
-    let mut bare = None;
     if all || which == Scenario::Bare || which == Scenario::Hits {
-        println!("(a) bare axum handler, ~1 KiB JSON answer, identical POSTs");
-        let server = start(Contender::Bare, Duration::ZERO).await;
-        let run = measure(args, &server, Shape::PostSame).await;
-        print_run("no layer", &run);
-        bare = Some(run);
-    }
-    if all || which == Scenario::Hits {
-        println!("(b) the same with IdempotencyLayer, every request an L1 hit");
-        let server = start(Contender::Ours, Duration::ZERO).await;
-        assert!(!probe(&server, Shape::PostSame).await, "first one stores");
-        assert!(probe(&server, Shape::PostSame).await, "second one hits");
-        let run = measure(args, &server, Shape::PostSame).await;
-        print_run("tower-idempotency, hits", &run);
-        if let Some(bare) = &bare {
-            println!(
-                "  ratio hits/bare throughput: {:.3}",
-                run.rps() / bare.rps()
-            );
+        println!("(a)+(b) ~1 KiB JSON answer, identical chat-completions POSTs: no layer, then the layer warmed (all L1 hits)");
+        let mut entries = vec![Entry {
+            label: "(a) no layer",
+            contender: Contender::Bare,
+            latency: Duration::ZERO,
+            shape: Shape::PostSame,
+            all_hits: false,
+        }];
+        if which != Scenario::Bare {
+            entries.push(Entry {
+                label: "(b) tower-idempotency, hits",
+                contender: Contender::Ours,
+                latency: Duration::ZERO,
+                shape: Shape::PostSame,
+                all_hits: true,
+            });
         }
+        compare(args, &entries).await;
     }
     if all || which == Scenario::Misses {
         let latency = Duration::from_millis(args.latency_ms);
@@ -523,18 +621,26 @@ async fn scenario_bare_hits_misses(args: &Args, which: Scenario) {
             "(c) every request unique, handler sleeps {} ms",
             latency.as_millis()
         );
-        let server = start(Contender::Bare, latency).await;
-        let bare = measure(args, &server, Shape::PostUnique).await;
-        print_run("no layer", &bare);
-        drop(server);
-        let server = start(Contender::Ours, latency).await;
-        let run = measure(args, &server, Shape::PostUnique).await;
-        print_run("tower-idempotency, misses", &run);
-        println!(
-            "  ratio misses/bare throughput: {:.3}; p99 added: {:+.3} ms",
-            run.rps() / bare.rps(),
-            run.ms(0.99) - bare.ms(0.99)
-        );
+        compare(
+            args,
+            &[
+                Entry {
+                    label: "(c) no layer",
+                    contender: Contender::Bare,
+                    latency,
+                    shape: Shape::PostUnique,
+                    all_hits: false,
+                },
+                Entry {
+                    label: "(c) tower-idempotency, misses",
+                    contender: Contender::Ours,
+                    latency,
+                    shape: Shape::PostUnique,
+                    all_hits: false,
+                },
+            ],
+        )
+        .await;
     }
 }
 
@@ -588,29 +694,23 @@ async fn scenario_peers_coalesce(args: &Args) {
 
 async fn scenario_peers_hits(args: &Args) {
     println!("(e) hit throughput, identical GETs, warmed");
-    let mut bare_rps = None;
-    for contender in CONTENDERS {
-        let server = start(contender, Duration::ZERO).await;
-        if contender != Contender::Bare {
-            probe(&server, Shape::GetSame).await;
-            probe(&server, Shape::GetSame).await;
-        }
-        let run = measure(args, &server, Shape::GetSame).await;
-        print_run(&contender.to_string(), &run);
-        match bare_rps {
-            None => bare_rps = Some(run.rps()),
-            Some(bare) => println!(
-                "  ratio {contender}/bare throughput: {:.3}",
-                run.rps() / bare
-            ),
-        }
-        if contender != Contender::Bare {
-            assert_eq!(
-                run.upstream_calls, 0,
-                "{contender}: every measured request a hit"
-            );
-        }
-    }
+    let entry = |label, contender| Entry {
+        label,
+        contender,
+        latency: Duration::ZERO,
+        shape: Shape::GetSame,
+        all_hits: contender != Contender::Bare,
+    };
+    compare(
+        args,
+        &[
+            entry("(e) no layer", Contender::Bare),
+            entry("(e) tower-idempotency", Contender::Ours),
+            entry("(e) axum-idempotent 0.6", Contender::AxumIdempotent),
+            entry("(e) tower-http-cache 0.6", Contender::TowerHttpCache),
+        ],
+    )
+    .await;
 }
 
 fn main() {
@@ -624,6 +724,8 @@ fn main() {
         "loadgen: {} workers, {} concurrent clients, {:.1} s per run (+{:.1} s warm-up)",
         args.workers, args.concurrency, args.duration, args.warmup
     );
+    let load_average = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average before: {}", load_average().trim());
     runtime.block_on(async {
         let which = args.scenario;
         if matches!(
@@ -639,4 +741,5 @@ fn main() {
             scenario_peers_hits(&args).await;
         }
     });
+    println!("load average after: {}", load_average().trim());
 }
