@@ -94,6 +94,10 @@ struct Args {
     /// round and the medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Build our layer with `raw_body()` (hash JSON bodies byte for byte),
+    /// to see what JSON canonicalisation costs end to end.
+    #[arg(long)]
+    raw_body: bool,
     /// Tokio worker threads, shared by the servers and the client.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -196,13 +200,18 @@ impl Drop for Server {
     }
 }
 
-async fn start(contender: Contender, latency: Duration) -> Server {
+async fn start(args: &Args, contender: Contender, latency: Duration) -> Server {
     let calls = Arc::new(AtomicU64::new(0));
     let answer = answer_body();
     let app = match contender {
         Contender::Bare => handlers(answer, Arc::clone(&calls), latency),
         Contender::Ours => {
-            handlers(answer, Arc::clone(&calls), latency).layer(IdempotencyLayer::new())
+            let layer = if args.raw_body {
+                IdempotencyLayer::builder().raw_body().build()
+            } else {
+                IdempotencyLayer::new()
+            };
+            handlers(answer, Arc::clone(&calls), latency).layer(layer)
         }
         Contender::AxumIdempotent => {
             peers::axum_idempotent(handlers(answer, Arc::clone(&calls), latency))
@@ -547,7 +556,7 @@ async fn compare(args: &Args, entries: &[Entry]) {
     for round in 1..=args.rounds {
         let mut baseline = None;
         for (i, entry) in entries.iter().enumerate() {
-            let server = start(entry.contender, entry.latency).await;
+            let server = start(args, entry.contender, entry.latency).await;
             if entry.all_hits {
                 // Store, then check that a repeat is answered from storage.
                 probe(&server, entry.shape).await;
@@ -659,7 +668,7 @@ async fn scenario_peers_coalesce(args: &Args) {
         latency.as_millis()
     );
     for contender in CONTENDERS {
-        let server = start(contender, latency).await;
+        let server = start(args, contender, latency).await;
         let client = client();
         let mut per_burst = Vec::new();
         for round in 0..args.burst_rounds {
