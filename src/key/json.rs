@@ -83,8 +83,15 @@ pub(crate) fn canonicalize(
     ignore: &IgnoreFields,
     out: &mut impl Sink,
 ) -> serde_json::Result<()> {
-    let raw: &RawValue = serde_json::from_slice(input)?;
-    write_value(raw, ignore.root(), out)
+    let text = std::str::from_utf8(input)
+        .map_err(|_| <serde_json::Error as serde::de::Error>::custom("a JSON document is UTF-8"))?;
+    // The root is parsed straight into its members (which validates the
+    // whole document, trailing bytes included) rather than first as a raw
+    // value: one scan less of the whole body.
+    match text.trim_start().as_bytes().first() {
+        Some(b'{' | b'[') => write_container(text, ignore.root(), out),
+        _ => write_value(serde_json::from_str::<&RawValue>(text)?, ignore.root(), out),
+    }
 }
 
 fn write_value(
@@ -92,43 +99,12 @@ fn write_value(
     ignore: Option<&Node>,
     out: &mut impl Sink,
 ) -> serde_json::Result<()> {
-    let text = raw.get().trim();
+    let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'{') => {
-            let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
-            out.put(b"{");
-            let mut first = true;
-            for (name, value) in map {
-                let child = match ignore.and_then(|node| node.children.get(&name)) {
-                    Some(None) => continue,
-                    Some(Some(node)) => Some(node),
-                    None => None,
-                };
-                if !first {
-                    out.put(b",");
-                }
-                first = false;
-                write_string(&name, out)?;
-                out.put(b":");
-                write_value(value, child, out)?;
-            }
-            out.put(b"}");
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)?;
-            out.put(b"[");
-            for (i, item) in items.into_iter().enumerate() {
-                if i > 0 {
-                    out.put(b",");
-                }
-                write_value(item, ignore, out)?;
-            }
-            out.put(b"]");
-        }
-        Some(b'"') if !text.contains('\\') => {
-            // A valid JSON string without escapes is already canonical.
-            out.put(text.as_bytes());
-        }
+        Some(b'{' | b'[') => write_container(text, ignore, out)?,
+        // A string whose escapes are those serde_json writes is already
+        // canonical: copy it as it is.
+        Some(b'"') if canonical_escapes(text) => out.put(text.as_bytes()),
         Some(b'"') => {
             let value: String = serde_json::from_str(text)?;
             write_string(&value, out)?;
@@ -137,6 +113,80 @@ fn write_value(
         _ => out.put(text.as_bytes()),
     }
     Ok(())
+}
+
+/// Writes an object (keys sorted) or an array; `text` is its JSON text.
+fn write_container(
+    text: &str,
+    ignore: Option<&Node>,
+    out: &mut impl Sink,
+) -> serde_json::Result<()> {
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)?;
+        out.put(b"[");
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.put(b",");
+            }
+            write_value(item, ignore, out)?;
+        }
+        out.put(b"]");
+        return Ok(());
+    }
+    let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
+    out.put(b"{");
+    let mut first = true;
+    for (name, value) in map {
+        let child = match ignore.and_then(|node| node.children.get(&name)) {
+            Some(None) => continue,
+            Some(Some(node)) => Some(node),
+            None => None,
+        };
+        if !first {
+            out.put(b",");
+        }
+        first = false;
+        write_string(&name, out)?;
+        out.put(b":");
+        write_value(value, child, out)?;
+    }
+    out.put(b"}");
+    Ok(())
+}
+
+/// Whether every escape in a (valid) JSON string literal is the one
+/// `serde_json` would write: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and
+/// `\u00xx` (lower-case hex) for the other control characters.
+fn canonical_escapes(literal: &str) -> bool {
+    let bytes = literal.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|&b| b == b'\\') {
+        i += offset;
+        match bytes.get(i + 1) {
+            Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+            Some(b'u') => {
+                let Some(hex) = bytes.get(i + 2..i + 6) else {
+                    return false;
+                };
+                let lower = hex
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+                let Some(code) = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                else {
+                    return false;
+                };
+                let short_form = matches!(code, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d);
+                if !lower || code >= 0x20 || short_form {
+                    return false;
+                }
+                i += 6;
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn write_string(value: &str, out: &mut impl Sink) -> serde_json::Result<()> {
@@ -225,6 +275,66 @@ mod tests {
         );
         // Empty segments are not paths.
         assert_eq!(canon_ignoring(r#"{"a":1}"#, &["", "a."]), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn canonical_escapes_are_copied_and_others_rewritten() {
+        assert_eq!(canon(r#""a\nb\"c\\d\u001f""#), r#""a\nb\"c\\d\u001f""#);
+        assert_eq!(canon(r#""\u000a""#), r#""\n""#);
+        assert_eq!(canon(r#""\u001F""#), r#""\u001f""#);
+        assert_eq!(canon(r#""\/""#), r#""/""#);
+        assert_eq!(canon(r#""\u00e9""#), "\"é\"");
+        for literal in [r#""\n""#, r#""\u0001""#, r#""x\\""#] {
+            assert!(canonical_escapes(literal), "{literal}");
+        }
+        for literal in [r#""\/""#, r#""\u000a""#, r#""\u00E9""#, r#""\u0041""#] {
+            assert!(!canonical_escapes(literal), "{literal}");
+        }
+    }
+
+    #[test]
+    fn root_whitespace_and_trailing_garbage() {
+        assert_eq!(canon(" \n { \"b\":1 , \"a\":[ ] } \n"), r#"{"a":[],"b":1}"#);
+        assert_eq!(canon(" 42 "), "42");
+        let mut out = Vec::new();
+        assert!(canonicalize(b"{} x", &IgnoreFields::default(), &mut out).is_err());
+        assert!(canonicalize(b"[1] [2]", &IgnoreFields::default(), &mut out).is_err());
+        assert!(canonicalize(b"\xff", &IgnoreFields::default(), &mut out).is_err());
+    }
+
+    /// Writes `value` as a JSON string literal, escaping each character in
+    /// one of the ways JSON allows, chosen by `choices`.
+    fn escaped_anyhow(value: &str, choices: &[u8]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in value.chars().enumerate() {
+            let choice = choices.get(i % choices.len().max(1)).copied().unwrap_or(0) % 3;
+            match c {
+                '"' => out.push_str(if choice == 0 { "\\\"" } else { "\\u0022" }),
+                '\\' => out.push_str(if choice == 0 { "\\\\" } else { "\\u005C" }),
+                '/' if choice == 1 => out.push_str("\\/"),
+                c if (c as u32) < 0x20 || choice == 2 => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_spelling_of_a_string_canonicalises_to_what_serde_json_writes(
+            value in "\\PC*|[\\x00-\\x1f\"\\\\/ aé😀]*",
+            choices in proptest::collection::vec(proptest::num::u8::ANY, 1..8),
+        ) {
+            let canonical = serde_json::to_string(&value).unwrap();
+            proptest::prop_assert_eq!(canon(&escaped_anyhow(&value, &choices)), canonical.clone());
+            proptest::prop_assert_eq!(canon(&canonical), canonical);
+        }
     }
 
     #[test]
