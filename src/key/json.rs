@@ -88,20 +88,50 @@ pub(crate) fn canonicalize(
     // The root is parsed straight into its members (which validates the
     // whole document, trailing bytes included) rather than first as a raw
     // value: one scan less of the whole body.
+    let mut walk = Walk {
+        depth: MAX_DEPTH,
+        budget: (input.len() * SCAN_BUDGET).max(MIN_BUDGET),
+    };
     match text.trim_start().as_bytes().first() {
-        Some(b'{' | b'[') => write_container(text, ignore.root(), out),
-        _ => write_value(serde_json::from_str::<&RawValue>(text)?, ignore.root(), out),
+        Some(b'{' | b'[') => write_container(text, ignore.root(), &mut walk, out),
+        _ => write_value(
+            serde_json::from_str::<&RawValue>(text)?,
+            ignore.root(),
+            &mut walk,
+            out,
+        ),
     }
 }
+
+/// What the walk may still spend. Each container is parsed once more than its
+/// parent did, so a document costs its size times its depth: both are bounded,
+/// and a document past either is hashed raw.
+struct Walk {
+    /// How many more levels may nest.
+    depth: usize,
+    /// How many more bytes may be parsed.
+    budget: usize,
+}
+
+/// Bytes parsed per byte of input, at most: room for ordinary nesting (a
+/// chat body costs about five).
+const SCAN_BUDGET: usize = 16;
+const MIN_BUDGET: usize = 64 * 1024;
+
+/// How deep containers may nest: serde_json's own limit. A deeper document
+/// is not canonicalised (its body is hashed raw), so no request can make the
+/// walk exhaust the stack.
+const MAX_DEPTH: usize = 128;
 
 fn write_value(
     raw: &RawValue,
     ignore: Option<&Node>,
+    walk: &mut Walk,
     out: &mut impl Sink,
 ) -> serde_json::Result<()> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'{' | b'[') => write_container(text, ignore, out)?,
+        Some(b'{' | b'[') => write_container(text, ignore, walk, out)?,
         // A string whose escapes are those serde_json writes is already
         // canonical: copy it as it is.
         Some(b'"') if canonical_escapes(text) => out.put(text.as_bytes()),
@@ -119,8 +149,16 @@ fn write_value(
 fn write_container(
     text: &str,
     ignore: Option<&Node>,
+    walk: &mut Walk,
     out: &mut impl Sink,
 ) -> serde_json::Result<()> {
+    let exhausted = || {
+        <serde_json::Error as serde::de::Error>::custom(
+            "json too deep or too costly to canonicalise",
+        )
+    };
+    walk.depth = walk.depth.checked_sub(1).ok_or_else(exhausted)?;
+    walk.budget = walk.budget.checked_sub(text.len()).ok_or_else(exhausted)?;
     if text.trim_start().starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(text)?;
         out.put(b"[");
@@ -128,9 +166,10 @@ fn write_container(
             if i > 0 {
                 out.put(b",");
             }
-            write_value(item, ignore, out)?;
+            write_value(item, ignore, walk, out)?;
         }
         out.put(b"]");
+        walk.depth += 1;
         return Ok(());
     }
     let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
@@ -148,9 +187,10 @@ fn write_container(
         first = false;
         write_string(&name, out)?;
         out.put(b":");
-        write_value(value, child, out)?;
+        write_value(value, child, walk, out)?;
     }
     out.put(b"}");
+    walk.depth += 1;
     Ok(())
 }
 
@@ -335,6 +375,30 @@ mod tests {
             proptest::prop_assert_eq!(canon(&escaped_anyhow(&value, &choices)), canonical.clone());
             proptest::prop_assert_eq!(canon(&canonical), canonical);
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_followed() {
+        let mut out = Vec::new();
+        let at_limit = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(canonicalize(at_limit.as_bytes(), &IgnoreFields::default(), &mut out).is_ok());
+        // Deep enough to exhaust any thread's stack if the walk followed it.
+        let hostile = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(canonicalize(hostile.as_bytes(), &IgnoreFields::default(), &mut out).is_err());
+        let objects = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        assert!(canonicalize(objects.as_bytes(), &IgnoreFields::default(), &mut out).is_err());
+    }
+
+    #[test]
+    fn the_cost_of_the_walk_is_bounded_by_the_body_size() {
+        let mut out = Vec::new();
+        let payload = format!("\"{}\"", "x".repeat(1 << 20));
+        let nest = |depth: usize| format!("{}{payload}{}", "[".repeat(depth), "]".repeat(depth));
+        // Ordinary nesting around a large value is canonicalised…
+        assert!(canonicalize(nest(5).as_bytes(), &IgnoreFields::default(), &mut out).is_ok());
+        // …but within the depth limit, a large value nested deep enough to
+        // cost more than SCAN_BUDGET times the body is hashed raw instead.
+        assert!(canonicalize(nest(100).as_bytes(), &IgnoreFields::default(), &mut out).is_err());
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::{sync::Arc, time::Duration};
 use crate::{key::Key, record::Record};
 
 #[cfg(feature = "redis")]
-pub(crate) use super::redis::{FleetCounter, Lease, Renewal, Watch};
+use super::redis::RedisStore;
 #[cfg(feature = "redis")]
-use super::redis::{Lookup as RedisLookup, RedisStore};
+pub(crate) use super::redis::{FleetCounter, Lease, Renewal, Watch};
 
 #[cfg(not(feature = "redis"))]
 pub(crate) use disabled::{FleetCounter, Lease, Renewal, Watch};
@@ -55,13 +55,7 @@ impl L2 {
         let Some(redis) = &self.redis else {
             return Lookup::Unavailable;
         };
-        match redis.lookup(ns, key).await {
-            RedisLookup::Hit(record) => Lookup::Hit(record),
-            RedisLookup::Claimed(lease) => Lookup::Claimed(lease),
-            RedisLookup::Busy(ttl) => Lookup::Busy(ttl),
-            RedisLookup::Garbage => Lookup::Garbage,
-            RedisLookup::Unavailable => Lookup::Unavailable,
-        }
+        redis.lookup(ns, key).await
     }
 
     pub(crate) async fn complete(

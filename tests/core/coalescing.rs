@@ -177,19 +177,7 @@ async fn leader_dropped_mid_flight_still_completes_and_stores() {
 
 #[tokio::test]
 async fn leader_future_dropped_before_the_call_hands_over() {
-    let gate = Arc::new(Notify::new());
-    let (inner, calls) = upstream({
-        let gate = Arc::clone(&gate);
-        move |seen: Seen| {
-            let gate = Arc::clone(&gate);
-            async move {
-                if seen.call == 1 {
-                    gate.notified().await;
-                }
-                respond(200, format!("call {}", seen.call))
-            }
-        }
-    });
+    let (inner, calls, gate) = gated(|seen: &Seen| respond(200, format!("call {}", seen.call)));
     let service = IdempotencyLayer::new().layer(inner);
     let leader = tokio::spawn({
         let service = service.clone();
@@ -316,19 +304,8 @@ async fn upstream_body_failure_reaches_every_reader_and_is_not_stored() {
 
 #[tokio::test]
 async fn uncacheable_answer_is_shared_by_concurrent_followers_but_never_replayed_later() {
-    let gate = Arc::new(Notify::new());
-    let (inner, calls) = upstream({
-        let gate = Arc::clone(&gate);
-        move |seen: Seen| {
-            let gate = Arc::clone(&gate);
-            async move {
-                if seen.call == 1 {
-                    gate.notified().await;
-                }
-                respond(503, format!("overloaded #{}", seen.call))
-            }
-        }
-    });
+    let (inner, calls, gate) =
+        gated(|seen: &Seen| respond(503, format!("overloaded #{}", seen.call)));
     let service = IdempotencyLayer::new().layer(inner);
     let tasks: Vec<_> = (0..5)
         .map(|_| {

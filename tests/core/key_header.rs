@@ -2,13 +2,12 @@
 //! Stripe's behaviour): 422 on reuse with another payload, 409 in strict mode
 //! while in flight, 400 when missing where required or malformed.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tokio::sync::Notify;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tower_idempotency::{ErrorKind, IdempotencyLayer, KeyHeader};
 
 use crate::support::*;
@@ -21,28 +20,6 @@ fn keyed(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
     request
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
-}
-
-async fn status_and_kind<S>(service: &S, request: Request<Full<Bytes>>) -> (u16, Option<ErrorKind>)
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = http::Response<tower_idempotency::ResponseBody<TestBody>>,
-        > + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let response = service.clone().oneshot(request).await.unwrap();
-    let kind = response
-        .extensions()
-        .get::<tower_idempotency::Error>()
-        .map(|e| e.kind());
-    if kind.is_some() {
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json"
-        );
-    }
-    (response.status().as_u16(), kind)
 }
 
 #[tokio::test]
@@ -62,7 +39,7 @@ async fn same_key_same_payload_replays_and_another_payload_is_422() {
     assert_eq!(quoted.body, first.body);
 
     assert_eq!(
-        status_and_kind(&service, keyed(Some("order-42"), r#"{"amount":999}"#)).await,
+        rejection(&service, keyed(Some("order-42"), r#"{"amount":999}"#)).await,
         (422, Some(ErrorKind::KeyReused))
     );
     // Another key with the other payload is a new request.
@@ -92,7 +69,7 @@ async fn missing_and_malformed_keys_are_400() {
         .build()
         .layer(inner.clone());
     assert_eq!(
-        status_and_kind(&required, keyed(None, "{}")).await,
+        rejection(&required, keyed(None, "{}")).await,
         (400, Some(ErrorKind::MissingKey))
     );
     let long = "k".repeat(256);
@@ -102,7 +79,7 @@ async fn missing_and_malformed_keys_are_400() {
             .body(Full::new(Bytes::new()))
             .unwrap();
         assert_eq!(
-            status_and_kind(&required, request).await,
+            rejection(&required, request).await,
             (400, Some(ErrorKind::InvalidKey)),
             "{bad:?}"
         );
@@ -122,17 +99,8 @@ async fn missing_and_malformed_keys_are_400() {
 #[tokio::test]
 async fn in_flight_duplicates_wait_or_get_409_in_strict_mode() {
     for strict in [false, true] {
-        let gate = Arc::new(Notify::new());
-        let (inner, calls) = upstream({
-            let gate = Arc::clone(&gate);
-            move |seen: Seen| {
-                let gate = Arc::clone(&gate);
-                async move {
-                    gate.notified().await;
-                    respond(200, format!("charged once, call {}", seen.call))
-                }
-            }
-        });
+        let (inner, calls, gate) =
+            gated(|seen: &Seen| respond(200, format!("charged once, call {}", seen.call)));
         let service = IdempotencyLayer::builder()
             .idempotency_key_header(KeyHeader::Required)
             .strict(strict)
@@ -145,12 +113,12 @@ async fn in_flight_duplicates_wait_or_get_409_in_strict_mode() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Another payload under the same key, while in flight: 422 at once.
         assert_eq!(
-            status_and_kind(&service, keyed(Some("k1"), "[]")).await,
+            rejection(&service, keyed(Some("k1"), "[]")).await,
             (422, Some(ErrorKind::KeyReused))
         );
         if strict {
             assert_eq!(
-                status_and_kind(&service, keyed(Some("k1"), "{}")).await,
+                rejection(&service, keyed(Some("k1"), "{}")).await,
                 (409, Some(ErrorKind::InFlight))
             );
             gate.notify_one();

@@ -1,13 +1,12 @@
 //! The `Idempotency-Key` mode across two instances sharing Redis: the key,
 //! the payload fingerprint and the in-flight state are fleet-wide.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tokio::sync::Notify;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tower_idempotency::{ErrorKind, IdempotencyLayer, KeyHeader};
 
 use crate::{store, support::*};
@@ -28,38 +27,11 @@ async fn instance(url: &str, strict: bool) -> IdempotencyLayer {
         .build()
 }
 
-async fn kind<S>(service: &S, request: Request<Full<Bytes>>) -> (u16, Option<ErrorKind>)
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = http::Response<tower_idempotency::ResponseBody<TestBody>>,
-        > + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let response = service.clone().oneshot(request).await.unwrap();
-    (
-        response.status().as_u16(),
-        response
-            .extensions()
-            .get::<tower_idempotency::Error>()
-            .map(|e| e.kind()),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_conflict_and_replay_hold_across_instances() {
     let server = RedisServer::start();
-    let gate = Arc::new(Notify::new());
-    let (inner, calls) = upstream({
-        let gate = Arc::clone(&gate);
-        move |seen: Seen| {
-            let gate = Arc::clone(&gate);
-            async move {
-                gate.notified().await;
-                respond(200, format!("refund issued, call {}", seen.call))
-            }
-        }
-    });
+    let (inner, calls, gate) =
+        gated(|seen: &Seen| respond(200, format!("refund issued, call {}", seen.call)));
     let a = instance(&server.url(), false).await.layer(inner.clone());
     let b = instance(&server.url(), false).await.layer(inner.clone());
     let strict_b = instance(&server.url(), true).await.layer(inner);
@@ -72,7 +44,7 @@ async fn reuse_conflict_and_replay_hold_across_instances() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Elsewhere, the same key while in flight: strict answers 409 at once…
     assert_eq!(
-        kind(&strict_b, keyed("r-1", r#"{"amount":5}"#)).await,
+        rejection(&strict_b, keyed("r-1", r#"{"amount":5}"#)).await,
         (409, Some(ErrorKind::InFlight))
     );
     // …the default waits, and replays A's answer.
@@ -88,7 +60,7 @@ async fn reuse_conflict_and_replay_hold_across_instances() {
 
     // The same key with another payload, on the other instance: 422.
     assert_eq!(
-        kind(&b, keyed("r-1", r#"{"amount":500}"#)).await,
+        rejection(&b, keyed("r-1", r#"{"amount":500}"#)).await,
         (422, Some(ErrorKind::KeyReused))
     );
     assert_eq!(calls.get(), 1);

@@ -263,3 +263,49 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
     }
     check()
 }
+
+/// An upstream whose first call waits until the test opens the returned gate
+/// (`notify_one`); later calls answer at once. `answer` builds each response
+/// from what the upstream saw.
+pub fn gated<F>(answer: F) -> (impl TestService, Calls, std::sync::Arc<tokio::sync::Notify>)
+where
+    F: Fn(&Seen) -> Response<TestBody> + Clone + Send + Sync + 'static,
+{
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = std::sync::Arc::clone(&gate);
+    let (service, calls) = upstream(move |seen: Seen| {
+        let gate = std::sync::Arc::clone(&opened);
+        let answer = answer.clone();
+        async move {
+            if seen.call == 1 {
+                gate.notified().await;
+            }
+            answer(&seen)
+        }
+    });
+    (service, calls, gate)
+}
+
+/// The status of a response the layer answered itself, and the kind of its
+/// [`tower_idempotency::Error`] (checking it came as `application/problem+json`).
+pub async fn rejection<S, B>(
+    service: &S,
+    request: Request<B>,
+) -> (u16, Option<tower_idempotency::ErrorKind>)
+where
+    S: Service<Request<B>, Response = Response<tower_idempotency::ResponseBody<TestBody>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let response = service.clone().oneshot(request).await.unwrap();
+    let kind = response
+        .extensions()
+        .get::<tower_idempotency::Error>()
+        .map(|e| e.kind());
+    if kind.is_some() {
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    (response.status().as_u16(), kind)
+}

@@ -54,7 +54,7 @@ use self::{
     breaker::{Breaker, Change},
     events::{Event, Waiters},
 };
-use super::MemoryStore;
+use super::{Lookup, MemoryStore};
 use crate::{
     key::Key,
     record::{codec, now_millis, Meta, Record},
@@ -611,19 +611,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.tasks().drain(..).for_each(|task| task.abort());
     }
-}
-
-/// What a look-up in Redis found.
-pub(crate) enum Lookup {
-    Hit(Arc<Record>),
-    /// The caller holds the lease: call upstream, then `complete`.
-    Claimed(Lease),
-    /// Another instance holds the lease, for at most this long.
-    Busy(Duration),
-    /// Something unreadable is stored: call upstream and overwrite it.
-    Garbage,
-    /// Redis is down, slow, or skipped by the breaker: go on without it.
-    Unavailable,
 }
 
 /// A claim on a key: only its holder calls upstream.
