@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Err(error) = serde_json::from_slice::<&serde_json::value::RawValue>(&once) {
-        panic!("canonical output is not JSON ({error}): {:?}", String::from_utf8_lossy(&once));
+        panic!(
+            "canonical output is not JSON ({error}): {:?}",
+            String::from_utf8_lossy(&once)
+        );
     }
     if serde_json::from_slice::<serde_json::Value>(input).is_ok() {
         if let Err(error) = serde_json::from_slice::<serde_json::Value>(&once) {

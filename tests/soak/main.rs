@@ -41,7 +41,7 @@ const L1_BUDGET: u64 = 6 << 20;
 pub struct Dice(pub u64);
 
 impl Dice {
-    pub fn next(&mut self) -> u64 {
+    pub fn roll(&mut self) -> u64 {
         self.0 |= 1;
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -50,7 +50,7 @@ impl Dice {
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.roll() % n as u64) as usize
     }
 }
 
