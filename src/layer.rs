@@ -95,6 +95,17 @@ impl IdempotencyLayer {
         }
     }
 
+    /// The `n` entries of this layer's namespace replayed most often, from
+    /// Redis (the whole fleet's hits), if the layer has it.
+    #[cfg(feature = "redis")]
+    pub async fn top_entries(
+        &self,
+        n: usize,
+    ) -> Option<Result<Vec<crate::TopEntry>, crate::StoreError>> {
+        let redis = self.engine.l2().redis()?;
+        Some(redis.top_entries(self.engine.namespace(), n).await)
+    }
+
     /// Forgets every stored entry in this process's in-process cache.
     pub fn clear(&self) {
         self.engine.l1().clear();

@@ -156,4 +156,6 @@ pub use policy::{StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 #[cfg(feature = "redis")]
-pub use store::redis::{EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError};
+pub use store::redis::{
+    EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError, TopEntry,
+};

@@ -250,6 +250,11 @@ impl Engine {
     }
 
     #[cfg(feature = "redis")]
+    pub(crate) fn namespace(&self) -> &str {
+        &self.config.key.namespace
+    }
+
+    #[cfg(feature = "redis")]
     pub(crate) fn l2(&self) -> &L2 {
         &self.l2
     }

@@ -70,6 +70,14 @@ async fn cluster_shares_entries_calls_and_purges_across_instances() {
             .contains("hit"));
     }
     assert_eq!(calls.get(), before, "served from the cluster");
+    // Analytics scan every primary.
+    let top = a.top_entries(100).await.unwrap().unwrap();
+    assert_eq!(
+        top.len(),
+        31,
+        "the shared prompt and 30 others, spread over the nodes"
+    );
+    assert!(top.iter().all(|entry| entry.stats.hits >= 1));
 
     // A purge of the namespace reaches every node and every instance.
     a.purge_namespace("").await;

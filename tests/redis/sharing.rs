@@ -147,16 +147,25 @@ async fn entry_analytics_count_hits_from_every_tier() {
     assert_eq!(stats.hits, 3);
     assert!(stats.last_hit_at.is_some() && stats.created_at > 0);
 
+    // The seed's ROI query: the entries replayed most, fleet-wide.
+    fetch(&a.layer(numbered().0), post("/", "rarely asked")).await;
+    let top = a.top_entries(10).await.unwrap().unwrap();
+    assert_eq!(top.len(), 2);
+    assert_eq!((top[0].key, top[0].stats.hits), (key, 3));
+    assert_eq!(top[1].stats.hits, 0);
+
     let fleet = a.fleet_stats().await.unwrap().unwrap();
+    let totals = (
+        fleet.misses,
+        fleet.hits_l2,
+        fleet.hits_l1,
+        fleet.upstream_calls,
+        fleet.stored,
+    );
     assert_eq!(
-        (
-            fleet.misses,
-            fleet.hits_l2,
-            fleet.hits_l1,
-            fleet.upstream_calls,
-            fleet.stored
-        ),
-        (1, 1, 2, 1, 1)
+        totals,
+        (2, 1, 2, 2, 2),
+        "two misses, one L2 hit, two L1 hits, fleet-wide"
     );
 }
 

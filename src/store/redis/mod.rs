@@ -57,7 +57,7 @@ use self::{
 use super::MemoryStore;
 use crate::{
     key::Key,
-    record::{codec, now_millis, Record},
+    record::{codec, now_millis, Meta, Record},
 };
 pub(crate) use events::Watch;
 
@@ -90,6 +90,9 @@ pub(super) struct Inner {
     /// L1 caches to evict when a purge message arrives.
     caches: Mutex<Vec<MemoryStore>>,
     pending: Pending,
+    /// Held while counters are sent, so a reader that flushes first sees
+    /// every count a concurrent flush took.
+    flushing: tokio::sync::Mutex<()>,
     errors: AtomicU64,
     skipped: AtomicU64,
     decode_errors: AtomicU64,
@@ -243,6 +246,7 @@ impl RedisStoreBuilder {
             waiters: Arc::default(),
             caches: Mutex::default(),
             pending: Pending::default(),
+            flushing: tokio::sync::Mutex::new(()),
             errors: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             decode_errors: AtomicU64::new(0),
@@ -345,6 +349,63 @@ impl RedisStore {
         }))
     }
 
+    /// The `n` entries of a namespace replayed most often, most first: the
+    /// seed's ROI query. Scans the namespace's keys (every primary of a
+    /// cluster): an analytics call, not one for a request's path.
+    pub async fn top_entries(
+        &self,
+        namespace: &str,
+        n: usize,
+    ) -> Result<Vec<TopEntry>, StoreError> {
+        self.inner.flush().await;
+        let inner = &self.inner;
+        let pattern = format!("{}:{}:{{*}}", inner.prefix, ns_tag(namespace));
+        let mut entries = Vec::new();
+        for name in scan(inner, &pattern).await? {
+            let Some(key) = name
+                .rsplit_once('{')
+                .and_then(|(_, rest)| rest.strip_suffix('}'))
+                .and_then(Key::from_hex)
+            else {
+                continue;
+            };
+            let mut conn = inner.conn.clone();
+            let mut fields = redis::cmd("HMGET");
+            fields
+                .arg(&name)
+                .arg("hits")
+                .arg("last_hit_at")
+                .arg("created_at")
+                .arg("meta");
+            let (hits, last_hit_at, created_at, meta): (
+                Option<u64>,
+                Option<u64>,
+                Option<u64>,
+                Option<Vec<u8>>,
+            ) = inner
+                .run(inner.settings.write_timeout, fields.query_async(&mut conn))
+                .await?;
+            let Some(created_at) = created_at else {
+                continue;
+            };
+            let meta = Meta::decode(meta.as_deref().unwrap_or_default());
+            entries.push(TopEntry {
+                key,
+                stats: EntryStats {
+                    hits: hits.unwrap_or(0),
+                    last_hit_at,
+                    created_at,
+                },
+                model: meta.model,
+                #[cfg(feature = "ai")]
+                usage: meta.usage,
+            });
+        }
+        entries.sort_by(|a, b| b.stats.hits.cmp(&a.stats.hits).then(a.key.cmp(&b.key)));
+        entries.truncate(n);
+        Ok(entries)
+    }
+
     pub(crate) fn attach(&self, cache: MemoryStore) {
         self.inner
             .caches
@@ -420,7 +481,8 @@ impl RedisStore {
             .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
             .arg(record.map_or(0, |r| r.created_at))
             .arg(inner.channel())
-            .arg(Event::Done(*key).encode());
+            .arg(Event::Done(*key).encode())
+            .arg(record.map_or(Bytes::new(), |r| r.meta.clone()).as_ref());
         let _: Result<i64, _> = inner
             .run(
                 inner.settings.write_timeout,
@@ -503,21 +565,19 @@ impl RedisStore {
     /// Deletes every entry of a namespace and clears every instance's L1.
     pub(crate) async fn purge_namespace(&self, ns: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
-        let pattern = format!("{}:{ns}:*", inner.prefix);
-        let deleted = match &inner.conn {
-            Conn::Single(manager) => {
-                unlink_matching(inner, &mut manager.clone(), &pattern, None).await?
-            }
-            Conn::Cluster(cluster) => {
-                let mut cluster = cluster.clone();
-                let mut deleted = 0;
-                for (host, port) in cluster_primaries(inner, &mut cluster).await? {
-                    deleted +=
-                        unlink_matching(inner, &mut cluster, &pattern, Some((host, port))).await?;
-                }
-                deleted
-            }
-        };
+        let mut deleted = 0;
+        for key in scan(inner, &format!("{}:{ns}:*", inner.prefix)).await? {
+            // One key per command: in a cluster each may live in another slot.
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(&key);
+            let unlinked: i64 = inner
+                .run(
+                    inner.settings.write_timeout,
+                    unlink.query_async(&mut inner.conn.clone()),
+                )
+                .await?;
+            deleted += u64::try_from(unlinked).unwrap_or(0);
+        }
         inner.publish(Event::PurgedNamespace).await?;
         Ok(deleted)
     }
@@ -635,6 +695,21 @@ pub struct EntryStats {
     pub last_hit_at: Option<u64>,
     /// When it was stored (ms since the Unix epoch).
     pub created_at: u64,
+}
+
+/// One entry in [`RedisStore::top_entries`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct TopEntry {
+    /// The entry's key.
+    pub key: Key,
+    /// Its hits and times.
+    pub stats: EntryStats,
+    /// The model the request asked for, if known.
+    pub model: Option<String>,
+    /// The token usage of the call it replays, if the response reported it.
+    #[cfg(feature = "ai")]
+    pub usage: Option<crate::ai::Usage>,
 }
 
 /// Why Redis could not be used.
@@ -799,6 +874,7 @@ impl Inner {
 
     /// Sends the counters kept locally.
     async fn flush(&self) {
+        let _flushing = self.flushing.lock().await;
         let mut fleet = redis::pipe();
         let mut any = false;
         for (counter, field) in self.pending.fleet.iter().zip(FLEET_FIELDS) {
@@ -852,61 +928,61 @@ async fn flush_periodically(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// `SCAN`s one node (or the single one) and unlinks what matches.
-async fn unlink_matching(
-    inner: &Inner,
-    conn: &mut (impl ConnectionLike + Send),
-    pattern: &str,
-    node: Option<(String, u16)>,
-) -> Result<u64, StoreError> {
+/// Every key matching `pattern`: `SCAN` on the single node, or on every
+/// primary of a cluster.
+async fn scan(inner: &Inner, pattern: &str) -> Result<Vec<String>, StoreError> {
     use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-    let mut cursor = 0u64;
-    let mut deleted = 0;
-    loop {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(500);
-        let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
-            (Some((host, port)), Conn::Cluster(cluster)) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                let mut cluster = cluster.clone();
-                let value = inner
-                    .run(
-                        inner.settings.write_timeout,
-                        cluster.route_command(scan, routing),
-                    )
-                    .await?;
-                redis::from_redis_value(value)
-                    .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
+    let nodes = match &inner.conn {
+        Conn::Single(_) => vec![None],
+        Conn::Cluster(cluster) => cluster_primaries(inner, &mut cluster.clone())
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for node in nodes {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
+                (Some((host, port)), Conn::Cluster(cluster)) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let value = inner
+                        .run(
+                            inner.settings.write_timeout,
+                            cluster.clone().route_command(scan, routing),
+                        )
+                        .await?;
+                    redis::from_redis_value(value)
+                        .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
+                }
+                _ => {
+                    inner
+                        .run(
+                            inner.settings.write_timeout,
+                            scan.query_async(&mut inner.conn.clone()),
+                        )
+                        .await?
+                }
+            };
+            found.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
             }
-            _ => {
-                inner
-                    .run(inner.settings.write_timeout, scan.query_async(conn))
-                    .await?
-            }
-        };
-        for key in keys {
-            // One key per command: in a cluster each may live in another slot.
-            let unlinked: i64 = inner
-                .run(
-                    inner.settings.write_timeout,
-                    redis::cmd("UNLINK").arg(&key).query_async(conn),
-                )
-                .await?;
-            deleted += u64::try_from(unlinked).unwrap_or(0);
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(deleted);
         }
     }
+    Ok(found)
 }
 
 /// The primaries of a cluster, from `CLUSTER NODES`.

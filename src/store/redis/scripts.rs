@@ -42,13 +42,14 @@ return {3, ttl}
 /// `KEYS[1]` the entry, `KEYS[2]` the lease. `ARGV[1]` the lease token (empty:
 /// none held), `ARGV[2]` the encoded record (empty: nothing to store),
 /// `ARGV[3]` its time to live in milliseconds, `ARGV[4]` its creation time,
-/// `ARGV[5]` the events channel, `ARGV[6]` the message.
+/// `ARGV[5]` the events channel, `ARGV[6]` the message, `ARGV[7]` the
+/// record's metadata (model, token usage) for analytics.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if ARGV[2] ~= '' then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'r', ARGV[2], 'created_at', ARGV[4], 'hits', 0)
+  redis.call('HSET', KEYS[1], 'r', ARGV[2], 'created_at', ARGV[4], 'hits', 0, 'meta', ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if ARGV[1] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[1] then

@@ -1,0 +1,139 @@
+//! Key derivation against plain SHA-256 over the same bytes.
+//!
+//! For each body size (1 KiB, 64 KiB, 4 MiB) three functions see the same
+//! bytes, and criterion reports each as bytes per second
+//! (`Throughput::Bytes`), so the ratio to `sha2` reads directly:
+//!
+//! - `sha2`: `sha2::Sha256::digest(body)`, the floor;
+//! - `raw`: `IdempotencyLayer::key_for` on a `text/plain` request (framing
+//!   plus the body hashed byte for byte);
+//! - `json`: `key_for` on an `application/json` request, a chat-completions
+//!   document whose message contents carry newlines and quotes, as real
+//!   prompts do (canonicalised before hashing);
+//! - `json_noescape`: the same document shape with no escapes in any string,
+//!   which separates the cost of the JSON walk from that of re-escaping.
+//!
+//! ```text
+//! cargo bench --bench key -- --measurement-time 3 --warm-up-time 1
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{request::Parts, Request};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower_idempotency::IdempotencyLayer;
+
+const SIZES: [(&str, usize); 3] = [
+    ("1KiB", 1024),
+    ("64KiB", 64 * 1024),
+    ("4MiB", 4 * 1024 * 1024),
+];
+
+fn parts(content_type: &str) -> Parts {
+    Request::post("/v1/chat/completions")
+        .header("content-type", content_type)
+        .header("authorization", "Bearer sk-bench-0123456789abcdef")
+        .header("accept", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// Prose the way prompts come: sentences, quotes, paragraphs.
+fn prose(len: usize, escapes: bool) -> String {
+    const WORDS: [&str; 12] = [
+        "the",
+        "model",
+        "should",
+        "summarise",
+        "quarterly",
+        "revenue",
+        "figures",
+        "for",
+        "each",
+        "region",
+        "and",
+        "explain",
+    ];
+    let mut out = String::with_capacity(len + 16);
+    let mut i = 0usize;
+    while out.len() < len {
+        out.push_str(WORDS[i % WORDS.len()]);
+        i += 1;
+        out.push_str(match (escapes, i % 97, i % 13) {
+            (true, 0, _) => ".\n\n",
+            (true, _, 0) => " \"quoted\" ",
+            (_, _, 0) => ". ",
+            _ => " ",
+        });
+    }
+    out.truncate(len);
+    out
+}
+
+/// A chat-completions request of about `size` bytes: a system prompt and
+/// alternating user/assistant turns with long contents.
+fn chat_document(size: usize, escapes: bool) -> Vec<u8> {
+    let turn = (size / 8).clamp(64, 16 * 1024);
+    // Pretty-printed envelope and per-message overhead, roughly.
+    let mut estimate = 320 + turn / 2;
+    let mut messages = vec![json!({"role": "system", "content": prose(turn / 2, escapes)})];
+    while estimate < size {
+        let role = if messages.len() % 2 == 1 {
+            "user"
+        } else {
+            "assistant"
+        };
+        let len = turn.min(size - estimate).max(16);
+        estimate += len + 64;
+        messages.push(json!({"role": role, "content": prose(len, escapes)}));
+    }
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "temperature": 0.2,
+        "max_tokens": 512,
+        "stream": false,
+        "user": "user-1234",
+        "metadata": {"request_id": "req-abc", "tenant": "acme"},
+        "messages": messages,
+    });
+    serde_json::to_vec_pretty(&body).unwrap()
+}
+
+fn bench_key(c: &mut Criterion) {
+    let layer = IdempotencyLayer::new();
+    let text = parts("text/plain; charset=utf-8");
+    let json = parts("application/json");
+
+    for (label, size) in SIZES {
+        let mut group = c.benchmark_group(format!("key/{label}"));
+
+        let raw_body = prose(size, true).into_bytes();
+        group.throughput(Throughput::Bytes(raw_body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("sha2", "raw"), &raw_body, |b, body| {
+            b.iter(|| Sha256::digest(black_box(body)))
+        });
+        group.bench_with_input(BenchmarkId::new("key", "raw"), &raw_body, |b, body| {
+            b.iter(|| layer.key_for(black_box(&text), black_box(body)))
+        });
+
+        for (variant, escapes) in [("json", true), ("json_noescape", false)] {
+            let document = chat_document(size, escapes);
+            assert!(layer.key_for(&json, &document).is_some());
+            group.throughput(Throughput::Bytes(document.len() as u64));
+            group.bench_with_input(BenchmarkId::new("sha2", variant), &document, |b, body| {
+                b.iter(|| Sha256::digest(black_box(body)))
+            });
+            group.bench_with_input(BenchmarkId::new("key", variant), &document, |b, body| {
+                b.iter(|| layer.key_for(black_box(&json), black_box(body)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_key);
+criterion_main!(benches);
