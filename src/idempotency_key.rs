@@ -152,7 +152,7 @@ fn parse_key_bytes(bytes: &[u8], max_len: usize) -> Result<Cow<'_, str>, KeyErro
     };
     // Only ASCII is left, so bytes are characters.
     match key.len() {
-        0 => Err(KeyError::Empty),
+        _ if key.trim_matches(' ').is_empty() => Err(KeyError::Empty),
         len if len > max_len => Err(KeyError::TooLong { len, max: max_len }),
         _ => Ok(key),
     }
@@ -301,6 +301,11 @@ mod tests {
         assert_eq!(parse(b""), Err(KeyError::Empty));
         assert_eq!(parse(b"   "), Err(KeyError::Empty));
         assert_eq!(parse(b"\"\""), Err(KeyError::Empty));
+        assert_eq!(
+            parse(b"\"   \""),
+            Err(KeyError::Empty),
+            "a quoted key of spaces names nothing"
+        );
     }
 
     #[test]
