@@ -9,10 +9,22 @@ use crate::{key::Key, record::Record};
 #[cfg(feature = "redis")]
 use super::redis::RedisStore;
 #[cfg(feature = "redis")]
-pub(crate) use super::redis::{FleetCounter, Lease, Renewal, Watch};
+pub(crate) use super::redis::{Lease, Renewal, Watch};
 
 #[cfg(not(feature = "redis"))]
-pub(crate) use disabled::{FleetCounter, Lease, Renewal, Watch};
+pub(crate) use disabled::{Lease, Renewal, Watch};
+
+/// The fleet totals kept in the shared store.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum FleetCounter {
+    HitsL1,
+    HitsL2,
+    Misses,
+    Coalesced,
+    UpstreamCalls,
+    Stored,
+}
 
 /// What a look-up in the shared store found.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -161,13 +173,4 @@ mod disabled {
         }
     }
     pub(crate) struct Renewal;
-    #[derive(Debug, Clone, Copy)]
-    pub(crate) enum FleetCounter {
-        HitsL1,
-        HitsL2,
-        Misses,
-        Coalesced,
-        UpstreamCalls,
-        Stored,
-    }
 }

@@ -54,7 +54,7 @@ use self::{
     breaker::{Breaker, Change},
     events::{Event, Waiters},
 };
-use super::{Lookup, MemoryStore};
+use super::{FleetCounter, Lookup, MemoryStore};
 use crate::{
     key::Key,
     record::{codec, now_millis, Meta, Record},
@@ -626,17 +626,6 @@ impl Drop for Renewal {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Fleet counters kept in Redis.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum FleetCounter {
-    HitsL1,
-    HitsL2,
-    Misses,
-    Coalesced,
-    UpstreamCalls,
-    Stored,
 }
 
 const FLEET_FIELDS: [&str; 6] = [
