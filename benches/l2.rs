@@ -238,6 +238,8 @@ fn bench_l2(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("l2");
 
+    runtime.block_on(reset_commandstats(&mut bare));
+
     group.bench_function("bare_get", |b| {
         b.to_async(&runtime).iter(|| {
             let mut conn = bare.clone();
@@ -252,6 +254,7 @@ fn bench_l2(c: &mut Criterion) {
         })
     });
 
+    runtime.block_on(print_commandstats(&mut bare, "bare_get", None));
     let before = layer.stats();
     group.bench_function("hit", |b| {
         b.to_async(&runtime).iter(|| {
@@ -261,6 +264,11 @@ fn bench_l2(c: &mut Criterion) {
         })
     });
     let after = layer.stats();
+    runtime.block_on(print_commandstats(
+        &mut bare,
+        "hit",
+        Some(after.requests - before.requests),
+    ));
     assert_eq!(
         after.upstream_calls, before.upstream_calls,
         "every measured call must be a hit"
@@ -318,6 +326,7 @@ fn bench_l2(c: &mut Criterion) {
     });
 
     let events = tokio::sync::Mutex::new(events);
+    runtime.block_on(reset_commandstats(&mut bare));
     let before = layer.stats();
     group.bench_function("miss", |b| {
         b.to_async(&runtime).iter_custom(|iterations| {
@@ -338,6 +347,11 @@ fn bench_l2(c: &mut Criterion) {
         })
     });
     let after = layer.stats();
+    runtime.block_on(print_commandstats(
+        &mut bare,
+        "miss",
+        Some(after.requests - before.requests),
+    ));
     assert_eq!(
         after.misses - before.misses,
         after.requests - before.requests,
@@ -367,6 +381,34 @@ fn bench_l2(c: &mut Criterion) {
     drop(layer);
     drop(runtime);
     drop(server);
+}
+
+async fn reset_commandstats(conn: &mut ConnectionManager) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Prints Redis's own per-command counts and time since the last reset
+/// (`INFO commandstats`; commands run inside a script are counted too): how
+/// many commands each request sent, and what Redis spent on each.
+async fn print_commandstats(conn: &mut ConnectionManager, phase: &str, requests: Option<u64>) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    match requests {
+        Some(n) => eprintln!("commandstats after `{phase}` ({n} requests through the layer):"),
+        None => eprintln!("commandstats after `{phase}`:"),
+    }
+    for line in info.lines().filter(|line| line.starts_with("cmdstat_")) {
+        if !line.starts_with("cmdstat_info") && !line.starts_with("cmdstat_config") {
+            eprintln!("  {line}");
+        }
+    }
 }
 
 /// `EVALSHA` of the copied look-up script on `entry`, as the layer sends it.
