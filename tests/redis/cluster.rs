@@ -88,6 +88,17 @@ async fn cluster_shares_entries_calls_and_purges_across_instances() {
     let request = post("/", "prompt 4");
     let key = key_of(&a, &request).await;
     fetch(&service_b, request.clone()).await;
+    // The store into Redis follows the response: purge once it has landed.
+    let mut stored = false;
+    for _ in 0..200 {
+        let top = a.top_entries(100).await.unwrap().unwrap();
+        if top.iter().any(|entry| entry.key == key) {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored, "b's entry reached the cluster");
     a.purge(&key).await;
     fetch(&service_a, request).await;
     assert_eq!(calls.get(), before + 3);

@@ -427,16 +427,17 @@ impl RedisStore {
             .arg(&token)
             .arg(millis(inner.settings.lease))
             .arg(now_millis());
-        let reply: Vec<Value> = match inner
+        let mut reply: Vec<Value> = match inner
             .run(inner.settings.timeout, invocation.invoke_async(&mut conn))
             .await
         {
             Ok(reply) => reply,
             Err(_) => return Lookup::Unavailable,
         };
-        match reply.as_slice() {
+        match reply.as_mut_slice() {
             [Value::Int(1), Value::BulkString(bytes)] => {
-                match codec::decode(Bytes::from(bytes.clone())) {
+                // The record takes the reply's buffer: no copy.
+                match codec::decode(Bytes::from(std::mem::take(bytes))) {
                     Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
                     Ok(_) => Lookup::Garbage,
                     Err(error) => {
