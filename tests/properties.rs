@@ -635,8 +635,8 @@ proptest! {
     }
 
     /// Quoting a key and parsing it gives the key back, with or without
-    /// surrounding white space; a bare key of visible characters parses as
-    /// itself.
+    /// surrounding white space (a key of spaces only is refused); a bare key
+    /// of visible characters parses as itself.
     #[test]
     fn idempotency_key_quoting_round_trips(
         key in "[ -~]{1,255}",
@@ -644,7 +644,9 @@ proptest! {
         after in "[ \t]{0,2}",
     ) {
         let value = format!("{before}{}{after}", quoted(&key));
-        prop_assert_eq!(__fuzz::parse_idempotency_key(value.as_bytes()), Some(key.clone()));
+        // A key of spaces only names nothing: it is refused as empty.
+        let expected = (!key.trim_matches(' ').is_empty()).then(|| key.clone());
+        prop_assert_eq!(__fuzz::parse_idempotency_key(value.as_bytes()), expected);
         if !key.starts_with('"') && !key.contains(' ') {
             prop_assert_eq!(__fuzz::parse_idempotency_key(key.as_bytes()), Some(key));
         }
