@@ -61,27 +61,6 @@ const RESPONSE_BYTES: usize = 1024;
 
 const REQUEST_BODY: &str = r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Describe the attached product photo in one sentence."}]}"#;
 
-/// A copy of `LOOKUP` in `src/store/redis/scripts.rs` (private there), for
-/// the `lookup_script` diagnostic. `bench_l2` checks that it answers a hit
-/// for the entry the layer stored.
-const LOOKUP_SCRIPT: &str = r"
-local record = redis.pcall('HGET', KEYS[1], 'r')
-if type(record) == 'string' then
-  redis.call('HINCRBY', KEYS[1], 'hits', 1)
-  redis.call('HSET', KEYS[1], 'last_hit_at', ARGV[3])
-  return {1, record}
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2}
-end
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < 0 then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return {2}
-end
-return {3, ttl}
-";
-
 fn request(body: Bytes) -> Request<Full<Bytes>> {
     Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
@@ -414,7 +393,7 @@ async fn print_commandstats(conn: &mut ConnectionManager, phase: &str, requests:
 /// `EVALSHA` of the copied look-up script on `entry`, as the layer sends it.
 async fn lookup_script(conn: &mut ConnectionManager, entry: &str) -> Vec<redis::Value> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(LOOKUP_SCRIPT));
+        std::sync::LazyLock::new(|| redis::Script::new(tower_idempotency::__fuzz::LOOKUP_SCRIPT));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -1,5 +1,6 @@
-//! Entry points for the fuzz targets in `fuzz/` and for property tests: the
-//! parsers that take untrusted bytes. Not part of the public API.
+//! Entry points for the fuzz targets in `fuzz/`, the property tests and the
+//! benches: the parsers that take untrusted bytes, and the look-up script.
+//! Not part of the public API.
 
 #[cfg(feature = "redis")]
 use bytes::Bytes;
@@ -47,3 +48,8 @@ pub fn parse_idempotency_key(value: &[u8]) -> Option<String> {
     .ok()
     .map(|key| key.into_owned())
 }
+
+/// The Lua source of the look-up-or-claim script, for the bench that times
+/// it without the layer.
+#[cfg(feature = "redis")]
+pub const LOOKUP_SCRIPT: &str = crate::store::redis::scripts::LOOKUP_SOURCE;

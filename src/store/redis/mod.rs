@@ -29,7 +29,7 @@
 
 mod breaker;
 mod events;
-mod scripts;
+pub(crate) mod scripts;
 
 use std::{
     collections::HashMap,

@@ -15,9 +15,7 @@ use redis::Script;
 /// keys that is not what we wrote is treated as absent: an entry that is not
 /// a hash is a miss, and a lease without an expiry (ours always have one) is
 /// taken over, so garbage can never block a key.
-pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) const LOOKUP_SOURCE: &str = r"
 local record = redis.pcall('HGET', KEYS[1], 'r')
 if type(record) == 'string' then
   redis.call('HINCRBY', KEYS[1], 'hits', 1)
@@ -33,9 +31,10 @@ if ttl < 0 then
   return {2}
 end
 return {3, ttl}
-",
-    )
-});
+";
+
+/// [`LOOKUP_SOURCE`], loaded once.
+pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(LOOKUP_SOURCE));
 
 /// Store (optionally), release the lease (if still ours), and notify.
 ///
