@@ -58,9 +58,11 @@ impl IdempotencyLayer {
         self.engine.l1().usage().await
     }
 
-    /// The key this layer gives a request with this head and body, or `None`
-    /// when a custom key function declines it. Useful to purge the entry of a
-    /// known request.
+    /// The key this layer stores a request with this head and body under, or
+    /// `None` when it stores nothing for it (a custom key function declines
+    /// it, or in `Idempotency-Key` mode the header is missing where required,
+    /// or malformed). In `Idempotency-Key` mode it is the key the header names.
+    /// Useful to [`purge`](Self::purge) the entry of a known request.
     pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<crate::Key> {
         self.engine.key(head, body)
     }
@@ -153,9 +155,29 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// How long a stored response is replayed. Default: one hour.
+    /// The ceiling of [`max_ttl`](Self::max_ttl): one year. Every entry
+    /// expires, and expiry times stay far from any overflow.
+    pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    /// The ceiling of [`wait_timeout`](Self::wait_timeout): one day, so that
+    /// a deadline computed from it never overflows.
+    pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// How long a stored response is replayed. Default: one hour. Clamped to
+    /// [`max_ttl`](Self::max_ttl) when the layer is built; zero stores
+    /// nothing.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
+        self
+    }
+
+    /// The longest a response may be kept: [`ttl`](Self::ttl) is clamped to
+    /// it, and an `x-idempotency-ttl` above it is answered 400. Default: 30
+    /// days, far beyond the retry windows idempotency is for (Stripe keeps
+    /// keys 24 hours) while keeping every entry bounded in time. At most
+    /// [`MAX_TTL`](Self::MAX_TTL); a larger value is clamped to it.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.config.max_ttl = max_ttl;
         self
     }
 
@@ -188,8 +210,11 @@ impl Builder {
     }
 
     /// Request headers whose values go into the key, replacing the defaults:
-    /// `authorization`, `x-api-key`, `cookie`, `content-type`, `accept` and
-    /// `accept-encoding`. Leaving out the credential headers lets different
+    /// `authorization`, `cookie`, `content-type`, `accept`, `accept-encoding`,
+    /// and the AI providers' credential, account and version headers
+    /// `x-api-key`, `api-key`, `x-goog-api-key`, `x-goog-user-project`,
+    /// `anthropic-version`, `anthropic-beta`, `openai-organization`,
+    /// `openai-project` and `openai-beta`. Leaving out the credential headers lets different
     /// callers share entries: do so only when responses do not depend on who
     /// asks.
     pub fn vary_headers<I>(mut self, headers: I) -> Self
@@ -272,7 +297,8 @@ impl Builder {
 
     /// How long a request waits for an identical one that another instance
     /// is computing, before it goes through itself (or, in strict mode, is
-    /// answered 409). Default: 60 s.
+    /// answered 409). Default: 60 s. Clamped to
+    /// [`MAX_WAIT_TIMEOUT`](Self::MAX_WAIT_TIMEOUT); zero does not wait.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.config.wait_timeout = timeout;
         self
@@ -328,8 +354,17 @@ impl Builder {
     /// Builds the layer.
     pub fn build(self) -> IdempotencyLayer {
         IdempotencyLayer {
-            engine: Arc::new(Engine::new(self.config)),
+            engine: Arc::new(Engine::new(self.clamped())),
         }
+    }
+
+    /// The configuration with every duration within its bounds.
+    fn clamped(mut self) -> Config {
+        let config = &mut self.config;
+        config.max_ttl = config.max_ttl.min(Self::MAX_TTL);
+        config.ttl = config.ttl.min(config.max_ttl);
+        config.wait_timeout = config.wait_timeout.min(Self::MAX_WAIT_TIMEOUT);
+        self.config
     }
 }
 
@@ -340,5 +375,42 @@ impl std::fmt::Debug for Builder {
             .field("namespace", &self.config.key.namespace)
             .field("methods", &self.config.methods)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_clamped_when_the_layer_is_built() {
+        let config = IdempotencyLayer::builder()
+            .ttl(Duration::MAX)
+            .wait_timeout(Duration::MAX)
+            .clamped();
+        assert_eq!(config.ttl, Duration::from_secs(30 * 24 * 60 * 60));
+        assert_eq!(config.wait_timeout, Builder::MAX_WAIT_TIMEOUT);
+        let config = IdempotencyLayer::builder()
+            .max_ttl(Duration::MAX)
+            .ttl(Duration::MAX)
+            .clamped();
+        assert_eq!(
+            (config.max_ttl, config.ttl),
+            (Builder::MAX_TTL, Builder::MAX_TTL)
+        );
+        let config = IdempotencyLayer::builder()
+            .max_ttl(Duration::ZERO)
+            .wait_timeout(Duration::ZERO)
+            .clamped();
+        assert_eq!(
+            (config.ttl, config.wait_timeout),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        // Building never panics, whatever the durations.
+        let _ = IdempotencyLayer::builder()
+            .ttl(Duration::MAX)
+            .max_ttl(Duration::MAX)
+            .wait_timeout(Duration::MAX)
+            .build();
     }
 }

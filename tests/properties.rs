@@ -426,6 +426,8 @@ struct Shape {
     query: Option<Vec<&'static str>>,
     /// `(header, values)` for each vary header sent, values in order.
     headers: Vec<(&'static str, Vec<&'static str>)>,
+    /// `Host` headers sent, in order.
+    host: Vec<&'static str>,
     body: Vec<u8>,
 }
 
@@ -449,12 +451,17 @@ impl Shape {
                 builder = builder.header(*name, *value);
             }
         }
+        for host in &self.host {
+            builder = builder.header("host", *host);
+        }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
         __fuzz::key_framing(&parts, &self.body)
     }
 
     /// What the key must tell apart: everything, except the order of query
-    /// pairs of different names and empty query pairs (`a&&b`, a bare `?`).
+    /// pairs of different names and empty query pairs (`a&&b`, a bare `?`),
+    /// the scheme, the case of host names, and `Host` when the URI names the
+    /// authority (which then wins).
     fn identity(&self) -> impl PartialEq + std::fmt::Debug {
         let mut pairs: Vec<&str> = self
             .query
@@ -474,9 +481,18 @@ impl Shape {
                     .collect()
             })
             .collect();
+        // Host names are case-insensitive, user information is not.
+        let lower = |authority: &str| match authority.rsplit_once('@') {
+            Some((user, host)) => format!("{user}@{}", host.to_ascii_lowercase()),
+            None => authority.to_ascii_lowercase(),
+        };
+        let authority: Vec<String> = match self.origin.split_once("://") {
+            Some((_, authority)) => vec![lower(authority)],
+            None => self.host.iter().map(|h| lower(h)).collect(),
+        };
         (
             self.method,
-            self.origin,
+            authority,
             self.path,
             pairs,
             headers,
@@ -499,26 +515,43 @@ fn shape() -> impl Strategy<Value = Shape> {
     ]);
     (
         prop::sample::select(vec!["GET", "POST", "PUT"]),
-        prop::sample::select(vec!["", "http://h", "http://hh", "https://h", "http://h:1"]),
+        prop::sample::select(vec![
+            "",
+            "",
+            "http://h",
+            "http://hh",
+            "https://h",
+            "http://h:1",
+            "http://H",
+            "http://u@h",
+            "http://U@h",
+        ]),
         prop::sample::select(vec!["/", "/a", "/ab", "/a/b", "/a%2Fb", "//a"]),
         prop::option::of(prop::collection::vec(pair, 0..4)),
         prop::collection::vec(small(), 0..3),
         prop::collection::vec(small(), 0..3),
         prop::collection::vec(content_type, 0..2),
         prop::collection::vec(prop::sample::select(vec![b'a', b'b', b'&', b'\0']), 0..4),
+        prop::collection::vec(
+            prop::sample::select(vec!["h", "H", "hh", "h:1", "u@h"]),
+            0..3,
+        ),
     )
         .prop_map(
-            |(method, origin, path, query, authorization, api_key, content_type, body)| Shape {
-                method,
-                origin,
-                path,
-                query,
-                headers: vec![
-                    ("authorization", authorization),
-                    ("x-api-key", api_key),
-                    ("content-type", content_type),
-                ],
-                body,
+            |(method, origin, path, query, authorization, api_key, content_type, body, host)| {
+                Shape {
+                    method,
+                    origin,
+                    path,
+                    query,
+                    headers: vec![
+                        ("authorization", authorization),
+                        ("x-api-key", api_key),
+                        ("content-type", content_type),
+                    ],
+                    host,
+                    body,
+                }
             },
         )
 }
@@ -532,7 +565,7 @@ fn shape_pair() -> impl Strategy<Value = (Shape, Shape)> {
         // Take one or two components from the other shape, or reorder the
         // query.
         for _ in 0..=dice.below(2) {
-            match dice.below(9) {
+            match dice.below(10) {
                 0 => b.method = other.method,
                 1 => b.origin = other.origin,
                 2 => b.path = other.path,
@@ -545,6 +578,7 @@ fn shape_pair() -> impl Strategy<Value = (Shape, Shape)> {
                 5 => b.headers[0] = other.headers[0].clone(),
                 6 => b.headers[1] = other.headers[1].clone(),
                 7 => b.headers[2] = other.headers[2].clone(),
+                8 => b.host = other.host.clone(),
                 _ => b.body = other.body.clone(),
             }
         }

@@ -72,6 +72,9 @@ pub(crate) struct Config {
     pub(crate) methods: Vec<Method>,
     pub(crate) store_if: Arc<dyn StorePredicate>,
     pub(crate) ttl: Duration,
+    /// The longest TTL: [`Config::ttl`] is clamped to it when the layer is
+    /// built, and a longer `x-idempotency-ttl` is refused.
+    pub(crate) max_ttl: Duration,
     pub(crate) l1_capacity: u64,
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
@@ -96,6 +99,7 @@ impl Default for Config {
             methods: policy::default_methods(),
             store_if: Arc::new(Successful),
             ttl: Duration::from_secs(60 * 60),
+            max_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             l1_capacity: 64 * 1024 * 1024,
             max_request_body: 16 * 1024 * 1024,
             max_response_body: 16 * 1024 * 1024,
@@ -241,8 +245,11 @@ impl Engine {
         self.counters.snapshot(self.l2.health())
     }
 
+    /// The key the engine stores this request under (in `Idempotency-Key`
+    /// mode, the one named by the header).
     pub(crate) fn key(&self, head: &request::Parts, body: &[u8]) -> Option<Key> {
-        self.config.key.key(&self.config.key.namespace, head, body)
+        let identity = self.identify(&self.config.key.namespace, head, body);
+        identity.ok().flatten().map(|(key, _)| key)
     }
 
     pub(crate) fn l1(&self) -> &MemoryStore {
@@ -309,7 +316,7 @@ impl Engine {
         };
         let mut bypass = false;
         if self.config.control_headers {
-            match take_controls(headers, &mut plan) {
+            match take_controls(headers, &mut plan, self.config.max_ttl) {
                 Ok(asked) => bypass = asked,
                 Err(error) => {
                     Counters::inc(&self.counters.rejected);
@@ -322,7 +329,16 @@ impl Engine {
             telemetry::outcome(Outcome::Bypass);
             return Classified::Skip(Skip::Method);
         }
+        // In `Idempotency-Key` mode the key contract wins over the request's
+        // cache directives: a client cannot switch off the 400 for a missing
+        // key, the 422 for a reused one, or coalescing, with `Cache-Control`.
+        let keyed = match self.config.key_header {
+            Some(KeyHeader::Required) => true,
+            Some(KeyHeader::Optional) => headers.contains_key(idempotency_key::IDEMPOTENCY_KEY),
+            None => false,
+        };
         match policy::request_directive(headers) {
+            _ if keyed => {}
             Directive::NoStore => bypass = true,
             Directive::Refresh => plan.refresh = true,
             Directive::Normal => {}
@@ -788,7 +804,14 @@ fn in_flight() -> Error {
 
 /// Removes the control headers (they never reach upstream) and reads them
 /// into `plan`. Returns whether the request asked to bypass the layer.
-fn take_controls(headers: &mut HeaderMap, plan: &mut Plan) -> Result<bool, Error> {
+///
+/// A TTL is a whole number of seconds from zero (answer, but keep nothing) to
+/// `max_ttl`; anything else is refused.
+fn take_controls(
+    headers: &mut HeaderMap,
+    plan: &mut Plan,
+    max_ttl: Duration,
+) -> Result<bool, Error> {
     let take = |headers: &mut HeaderMap, name: &HeaderName| -> Result<Option<String>, Error> {
         match headers.remove(name) {
             None => Ok(None),
@@ -810,7 +833,18 @@ fn take_controls(headers: &mut HeaderMap, plan: &mut Plan) -> Result<bool, Error
     plan.refresh |= flag(headers, &control::REFRESH)?;
     if let Some(ttl) = take(headers, &control::TTL)? {
         let seconds: u64 = ttl.parse().map_err(|_| invalid_control(&control::TTL))?;
-        plan.ttl = Some(Duration::from_secs(seconds));
+        let ttl = Duration::from_secs(seconds);
+        if ttl > max_ttl {
+            return Err(Error::new(
+                ErrorKind::InvalidControl,
+                format!(
+                    "{} must be at most {} seconds",
+                    control::TTL,
+                    max_ttl.as_secs()
+                ),
+            ));
+        }
+        plan.ttl = Some(ttl);
     }
     if let Some(namespace) = take(headers, &control::NAMESPACE)? {
         plan.namespace = Some(namespace);

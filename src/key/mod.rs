@@ -4,8 +4,11 @@
 //!
 //! 1. a format version and the key kind (content or custom),
 //! 2. the namespace (bump it to invalidate everything, e.g. on a model change),
-//! 3. the method, the URI's scheme and authority (present on outbound client
-//!    requests, absent on inbound origin-form requests), the path,
+//! 3. the method, the authority (the URI's, else the `Host` header's, with the
+//!    host lower-cased), the path. The scheme is left out, so that a server
+//!    keys alike a request that reached it over HTTP/1.1 (origin-form, `Host`)
+//!    and over HTTP/2 (`:scheme` and `:authority`), and a client request
+//!    (absolute URI) keys as the server that receives it would,
 //! 4. the query pairs sorted by name (a stable sort, so repeated names keep
 //!    their order: `a=1&a=2` and `a=2&a=1` are different requests),
 //! 5. the configured vary headers, each with all of its values in order,
@@ -27,7 +30,7 @@ pub(crate) use json::{canonicalize, IgnoreFields};
 
 /// Version of the framing below. Bump it when the framing changes, so that old
 /// entries are simply never found again.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 
 const KIND_CONTENT: u8 = 0;
 const KIND_CUSTOM: u8 = 1;
@@ -185,17 +188,36 @@ pub(crate) struct KeySpec {
     pub(crate) custom: Option<Arc<dyn MakeKey>>,
 }
 
-/// The headers that keep tenants and representations apart by default.
+/// The headers that keep tenants and representations apart by default: the
+/// generic credentials and representation headers, then the AI providers' own
+/// credential, account and version headers.
+///
+/// - `x-api-key`, `anthropic-version`, `anthropic-beta`: Anthropic;
+/// - `api-key`: Azure OpenAI;
+/// - `x-goog-api-key`, `x-goog-user-project` (the project billed): Gemini and
+///   Google Cloud;
+/// - `openai-organization`, `openai-project`, `openai-beta`: OpenAI.
+///
+/// `proxy-authorization` is not one: it is hop-by-hop, meant for the next
+/// proxy, never for the origin that answers.
 pub(crate) fn default_vary() -> Vec<HeaderName> {
     use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, COOKIE};
-    vec![
-        AUTHORIZATION,
-        HeaderName::from_static("x-api-key"),
-        COOKIE,
-        CONTENT_TYPE,
-        ACCEPT,
-        ACCEPT_ENCODING,
-    ]
+    let mut vary = vec![AUTHORIZATION, COOKIE, CONTENT_TYPE, ACCEPT, ACCEPT_ENCODING];
+    vary.extend(
+        [
+            "x-api-key",
+            "api-key",
+            "x-goog-api-key",
+            "x-goog-user-project",
+            "anthropic-version",
+            "anthropic-beta",
+            "openai-organization",
+            "openai-project",
+            "openai-beta",
+        ]
+        .map(HeaderName::from_static),
+    );
+    vary
 }
 
 impl Default for KeySpec {
@@ -219,13 +241,15 @@ impl KeySpec {
     }
 
     /// The key of a request that names itself with an `Idempotency-Key`: the
-    /// header's value, scoped by method, path and the vary headers (so one
-    /// tenant's key never names another tenant's request).
+    /// header's value, scoped by method, authority, path and the vary headers
+    /// (so one tenant's key never names another tenant's request, nor one
+    /// virtual host's another's).
     pub(crate) fn header_key(&self, namespace: &str, parts: &Parts, value: &str) -> Key {
         let mut hasher = Sha256::new();
         hasher.put(&[FORMAT_VERSION, KIND_HEADER]);
         field(&mut hasher, namespace.as_bytes());
         field(&mut hasher, parts.method.as_str().as_bytes());
+        frame_authority(parts, &mut hasher);
         field(&mut hasher, parts.uri.path().as_bytes());
         self.frame_vary(parts, &mut hasher);
         field(&mut hasher, value.as_bytes());
@@ -251,11 +275,7 @@ impl KeySpec {
         sink.put(&[FORMAT_VERSION, KIND_CONTENT]);
         field(sink, namespace.as_bytes());
         field(sink, parts.method.as_str().as_bytes());
-        field(sink, parts.uri.scheme_str().unwrap_or("").as_bytes());
-        field(
-            sink,
-            parts.uri.authority().map_or("", |a| a.as_str()).as_bytes(),
-        );
+        frame_authority(parts, sink);
         field(sink, parts.uri.path().as_bytes());
 
         let mut pairs: Vec<&str> = parts
@@ -309,6 +329,39 @@ impl KeySpec {
                 sink.put(&[BODY_NORMALIZED]);
                 sink.put(&normalized);
             }
+        }
+    }
+}
+
+/// Frames the authority the request is addressed to: the URI's when it has
+/// one (absolute-form, HTTP/2), else every `Host` header (origin-form), as a
+/// counted list, so that a URI authority and a single `Host` of the same
+/// value frame alike, and no `Host` or several differ from both. Host names
+/// are case-insensitive: their ASCII letters are lower-cased (user
+/// information before an `@` is kept as it is).
+fn frame_authority(parts: &Parts, sink: &mut impl Sink) {
+    let lower = |bytes: &[u8]| {
+        let host = bytes
+            .iter()
+            .rposition(|&b| b == b'@')
+            .map_or(0, |at| at + 1);
+        let mut out = bytes.to_vec();
+        if let Some(host) = out.get_mut(host..) {
+            host.make_ascii_lowercase();
+        }
+        out
+    };
+    match parts.uri.authority() {
+        Some(authority) => {
+            count(sink, 1);
+            field(sink, &lower(authority.as_str().as_bytes()));
+        }
+        None => {
+            let hosts = parts.headers.get_all(http::header::HOST);
+            count(sink, hosts.iter().count());
+            hosts
+                .iter()
+                .for_each(|host| field(sink, &lower(host.as_bytes())));
         }
     }
 }

@@ -8,6 +8,7 @@ mod bodies;
 mod coalescing;
 mod controls;
 mod key_header;
+mod keys;
 mod loopback;
 mod policy;
 mod readiness;
