@@ -9,8 +9,10 @@
 //!
 //! # async fn ask() -> Result<(), Box<dyn std::error::Error>> {
 //! let idempotency = IdempotencyLayer::new();
+//! // The client has no default headers but reqwest's own: say so, so that
+//! // the middleware keys requests as they will be sent.
 //! let client = ClientBuilder::new(reqwest::Client::new())
-//!     .with(IdempotencyMiddleware::new(&idempotency))
+//!     .with(IdempotencyMiddleware::new(&idempotency).default_headers(Default::default()))
 //!     .build();
 //!
 //! // Twice the same call: one reaches the API, the other is a replay.
@@ -28,6 +30,47 @@
 //! # }
 //! ```
 //!
+//! # Default headers
+//!
+//! A key is computed on the request as it will be sent, and `reqwest` adds
+//! its client's default headers (`ClientBuilder::default_headers`, and its
+//! own `accept: */*`) only after every middleware has run, where no
+//! middleware can see them. Two clients whose default `authorization`
+//! differs would otherwise send the same-looking request and share an entry.
+//! So the middleware must be told them:
+//!
+//! ```no_run
+//! use http::{header, HeaderMap, HeaderValue};
+//! use reqwest_middleware::ClientBuilder;
+//! use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware};
+//!
+//! # fn build(idempotency: &IdempotencyLayer) -> Result<(), reqwest::Error> {
+//! let mut defaults = HeaderMap::new();
+//! defaults.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tenant-a"));
+//! let client = ClientBuilder::new(
+//!     reqwest::Client::builder()
+//!         .default_headers(defaults.clone())
+//!         .build()?,
+//! )
+//! .with(IdempotencyMiddleware::new(idempotency).default_headers(defaults))
+//! .build();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The middleware merges them into the request it keys exactly as `reqwest`
+//! merges them into the request it sends (a header the request sets itself
+//! wins). Until it is told, it cannot know what will be sent, and caches a
+//! request only when the request itself sets every vary header (which no
+//! default can then change); others pass through uncached, counted as
+//! bypassed.
+//!
+//! What `reqwest` adds later still is not in the key: the cookies of a
+//! client-side cookie store (give each user their own client, or set `cookie`
+//! on the request), a proxy's own headers, and `accept-encoding` from the
+//! decompression features (which decode the body before the middleware sees
+//! it, so the answer does not depend on it).
+//!
 //! # Differences from the Tower layer
 //!
 //! A request whose body is a stream (`reqwest::Body::wrap_stream`) cannot be
@@ -40,7 +83,7 @@
 use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
-use http::Extensions;
+use http::{header, Extensions, HeaderMap, HeaderValue};
 use http_body_util::Full;
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
@@ -57,13 +100,61 @@ use crate::{
 #[derive(Clone)]
 pub struct IdempotencyMiddleware {
     engine: Arc<Engine>,
+    /// The client's default headers as `reqwest` holds them, once told.
+    defaults: Option<Arc<HeaderMap>>,
 }
 
 impl IdempotencyMiddleware {
     /// A middleware sharing `layer`'s cache, flights and statistics.
+    ///
+    /// Until it is told the client's [default
+    /// headers](Self::default_headers), it caches only requests that set
+    /// every vary header themselves (see [the module docs](self)).
     pub fn new(layer: &IdempotencyLayer) -> Self {
         Self {
             engine: layer.engine(),
+            defaults: None,
+        }
+    }
+
+    /// The default headers the client was built with, the map given to
+    /// `reqwest::ClientBuilder::default_headers` (empty for
+    /// `reqwest::Client::new()`). `reqwest`'s own `accept: */*` is added as
+    /// `reqwest` adds it. Requests are then keyed with them, as they are sent.
+    pub fn default_headers(mut self, headers: HeaderMap) -> Self {
+        // As `reqwest::ClientBuilder` builds them: its own `accept`, then
+        // each given header inserted over it (the last value of a name wins).
+        let mut defaults = HeaderMap::with_capacity(headers.len() + 1);
+        defaults.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        for (name, value) in headers.iter() {
+            defaults.insert(name, value.clone());
+        }
+        self.defaults = Some(Arc::new(defaults));
+        self
+    }
+
+    /// The headers `request` will be sent with, if they can be known, else
+    /// `None`.
+    fn outgoing_headers(&self, request: &reqwest::Request) -> Option<HeaderMap> {
+        let mut headers = request.headers().clone();
+        match &self.defaults {
+            Some(defaults) => {
+                // As `reqwest::Client::execute` merges them: a header the
+                // request sets itself is kept whole.
+                for (name, value) in defaults.iter() {
+                    if let header::Entry::Vacant(entry) = headers.entry(name) {
+                        entry.insert(value.clone());
+                    }
+                }
+                Some(headers)
+            }
+            // Unknown defaults cannot change a vary header the request sets.
+            None => self
+                .engine
+                .vary_headers()
+                .iter()
+                .all(|name| headers.contains_key(name))
+                .then_some(headers),
         }
     }
 
@@ -96,6 +187,11 @@ impl Middleware for IdempotencyMiddleware {
                 None => return next.run(request, extensions).await,
             },
         };
+        let Some(outgoing) = self.outgoing_headers(&request) else {
+            tracing::debug!("the client's default headers are unknown: request not cached");
+            self.engine.count_unknown_headers();
+            return next.run(request, extensions).await;
+        };
         let url = request.url().clone();
         let Ok(mut view) = http::Request::builder()
             .method(request.method().clone())
@@ -105,7 +201,7 @@ impl Middleware for IdempotencyMiddleware {
         else {
             return next.run(request, extensions).await;
         };
-        *view.headers_mut() = request.headers().clone();
+        *view.headers_mut() = outgoing;
         let (mut parts, body) = view.into_parts();
         let plan = match self.engine.classify(&parts.method, &mut parts.headers) {
             Classified::Skip(_) => {

@@ -305,6 +305,22 @@ impl Engine {
         self.tally(&self.counters.upstream_calls, FleetCounter::UpstreamCalls);
     }
 
+    /// The headers whose values go into a key.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn vary_headers(&self) -> &[HeaderName] {
+        &self.config.key.vary
+    }
+
+    /// Counts a request a client adapter sends on uncached because it cannot
+    /// know the headers it will be sent with.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn count_unknown_headers(&self) {
+        Counters::inc(&self.counters.requests);
+        Counters::inc(&self.counters.bypass_no_key);
+        telemetry::outcome(Outcome::Bypass);
+        self.count_upstream_call();
+    }
+
     /// Decides from the request head alone whether the engine is needed, and
     /// consumes the control headers.
     pub(crate) fn classify(&self, method: &Method, headers: &mut HeaderMap) -> Classified {
