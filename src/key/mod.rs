@@ -309,14 +309,15 @@ impl KeySpec {
     fn frame_body(&self, parts: &Parts, body: &[u8], sink: &mut impl Sink) {
         match &self.body {
             BodyMode::Json(ignore) if is_json(parts) => {
-                // Canonicalise into a scratch sink first: a body that is not
-                // valid JSON must hash raw, and we only know at the end.
-                let mut canonical = Vec::with_capacity(body.len());
-                if json::canonicalize(body, ignore, &mut canonical).is_ok() {
-                    sink.put(&[BODY_JSON]);
-                    sink.put(&canonical);
+                // The canonical form streams straight into the sink; a body
+                // that turns out not to be valid JSON (we only know at the
+                // end) rewinds it and hashes raw.
+                let mark = sink.mark();
+                sink.put(&[BODY_JSON]);
+                if json::canonicalize(body, ignore, sink).is_ok() {
                     return;
                 }
+                sink.rewind(mark);
                 sink.put(&[BODY_RAW]);
                 sink.put(body);
             }
@@ -383,20 +384,47 @@ pub(crate) fn is_json(parts: &Parts) -> bool {
             || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-/// Where framed bytes go: a hasher, or a buffer in tests.
+/// Where framed bytes go: a hasher, or a buffer in tests. A sink can be
+/// rewound to a mark, to take back what a failed canonicalisation wrote.
 pub(crate) trait Sink {
+    /// What [`rewind`](Sink::rewind) needs to go back to now.
+    type Mark;
+
     fn put(&mut self, bytes: &[u8]);
+    fn mark(&self) -> Self::Mark;
+    fn rewind(&mut self, mark: Self::Mark);
 }
 
 impl Sink for Sha256 {
+    /// The hasher's state: a hundred bytes or so.
+    type Mark = Sha256;
+
     fn put(&mut self, bytes: &[u8]) {
         self.update(bytes);
+    }
+
+    fn mark(&self) -> Sha256 {
+        self.clone()
+    }
+
+    fn rewind(&mut self, mark: Sha256) {
+        *self = mark;
     }
 }
 
 impl Sink for Vec<u8> {
+    type Mark = usize;
+
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
+    }
+
+    fn mark(&self) -> usize {
+        self.len()
+    }
+
+    fn rewind(&mut self, mark: usize) {
+        self.truncate(mark);
     }
 }
 
@@ -626,6 +654,56 @@ mod tests {
             key(&spec, post("/b").header("x-doc", "1"), "[]")
         );
         assert!(spec.key("", &parts(post("/a")), b"").is_none());
+    }
+
+    #[test]
+    fn a_body_refused_halfway_hashes_raw() {
+        // The canonical form streams into the hasher: a body found invalid
+        // past its start must frame exactly as a raw body, nothing of the
+        // canonical attempt left in the key.
+        let json = KeySpec::default();
+        let raw = KeySpec {
+            body: BodyMode::Raw,
+            ..KeySpec::default()
+        };
+        let framed = |spec: &KeySpec, body: &str| {
+            let mut out = Vec::new();
+            spec.frame("", &parts(post("/")), body.as_bytes(), &mut out)
+                .unwrap();
+            out
+        };
+        for body in [
+            r#"{"a":[1,2,{"b":"x"}],"z":}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"[1,2,{"b":{"c":1,"c":1}}]"#,
+            r#"[1,2,3"#,
+            r#"[1,2,3] x"#,
+        ] {
+            assert_eq!(framed(&json, body), framed(&raw, body), "{body}");
+            assert_eq!(
+                key(&json, post("/"), body),
+                Key(Sha256::digest(framed(&raw, body)).into()),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_member_names_hash_raw() {
+        let spec = KeySpec::default();
+        assert_ne!(
+            key(&spec, post("/"), r#"{"a":1,"a":2}"#),
+            key(&spec, post("/"), r#"{"a":2}"#)
+        );
+        assert_ne!(
+            key(&spec, post("/"), r#"{"m":{"a":1,"a":2}}"#),
+            key(&spec, post("/"), r#"{"m":{"a":2}}"#)
+        );
+        // Hashed raw: spelt differently, they differ.
+        assert_ne!(
+            key(&spec, post("/"), r#"{"a":1,"a":2}"#),
+            key(&spec, post("/"), r#"{"a":1, "a":2}"#)
+        );
     }
 
     #[test]
