@@ -5,10 +5,14 @@
 mod support;
 
 mod bodies;
+mod budget;
 mod coalescing;
 mod controls;
+mod deadlines;
 mod key_header;
 mod loopback;
 mod policy;
+mod races;
 mod readiness;
 mod replay;
+mod trust;
