@@ -15,4 +15,5 @@ mod policy;
 mod races;
 mod readiness;
 mod replay;
+mod shared_store;
 mod trust;
