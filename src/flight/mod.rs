@@ -7,16 +7,29 @@
 //! a follower that joins late first gets the chunks so far, then the rest
 //! live.
 //!
-//! Memory: while the response is being recorded, the flight holds at most the
-//! response limit (that is the record). Past the limit the record is dropped,
-//! the flight leaves the map (a newcomer could not see the start any more),
-//! chunks are released as soon as every reader has passed them, and the
-//! upstream body is read no faster than the slowest reader allows.
+//! Sharing: a head that must not be reused (`private`, `no-store`,
+//! `Vary: *`) takes the flight out of the map at once, and its followers
+//! each call upstream themselves; so does a follower whose values of the
+//! headers the response varies on differ from the leader's.
 //!
-//! Failure: if the leader stops before the response head is known (the inner
-//! service failed, panicked, or the leader was dropped), the flight is
-//! abandoned and its followers race to lead a new one: exactly one wins, the
-//! others follow it. Nobody waits on a leader that is gone.
+//! Memory: while the response is being recorded, the flight holds at most the
+//! response limit (that is the record), and every flight's record draws on
+//! one [`Budget`]. Past the limit or the budget the record is dropped, its
+//! bytes return to the budget, the flight leaves the map (a newcomer could
+//! not see the start any more), chunks are released as soon as every reader
+//! has passed them, and the upstream body is read no faster than the slowest
+//! reader allows.
+//!
+//! End: the flight leaves the map before its end is published, and a flight
+//! found over is never joined: a request sent after a response ended never
+//! gets it (it finds the stored entry, or calls upstream).
+//!
+//! Failure: if the upstream call fails or times out before a head, every
+//! follower goes through itself at once (failover is never serialised). If
+//! the leader goes away before the head (it panicked, or its caller was
+//! dropped), the flight is abandoned and its followers race to lead a new
+//! one: exactly one wins, the others follow it. Nobody waits on a leader
+//! that is gone.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -453,10 +466,8 @@ impl Leader {
             state.chunks.push_back(chunk);
             if state.recording {
                 let more = state.received.saturating_sub(state.reserved);
-                pushed = if state.received > limit {
-                    state.stop_recording(&self.budget);
-                    Pushed::Overflowed
-                } else if more > 0 && !self.budget.reserve(more) {
+                // Past the limit, or more than the budget has left.
+                pushed = if state.received > limit || (more > 0 && !self.budget.reserve(more)) {
                     state.stop_recording(&self.budget);
                     Pushed::Overflowed
                 } else {

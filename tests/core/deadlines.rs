@@ -2,7 +2,6 @@
 //! failing upstream costs no more time than it would without the layer.
 
 use std::{
-    convert::Infallible,
     future::pending,
     io,
     time::{Duration, Instant},
@@ -206,6 +205,3 @@ async fn failover_after_an_upstream_error_is_not_serialised() {
     assert!(elapsed < T * 5 / 2, "answered after {elapsed:?}");
     assert!(calls.get() <= 8, "{} calls", calls.get());
 }
-
-#[allow(dead_code)]
-fn _assert_infallible(_: Infallible) {}

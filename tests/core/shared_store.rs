@@ -12,7 +12,7 @@ use tower_idempotency::{IdempotencyLayer, RedisStore};
 use crate::support::{redis_server::RedisServer, *};
 
 async fn instance(server: &RedisServer, wait: Duration) -> IdempotencyLayer {
-    let store = RedisStore::builder(&server.url())
+    let store = RedisStore::builder(server.url())
         .connect()
         .await
         .expect("connect to the test redis");
