@@ -15,5 +15,6 @@ mod policy;
 mod races;
 mod readiness;
 mod replay;
+#[cfg(feature = "redis")]
 mod shared_store;
 mod trust;
