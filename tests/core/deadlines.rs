@@ -205,3 +205,42 @@ async fn failover_after_an_upstream_error_is_not_serialised() {
     assert!(elapsed < T * 5 / 2, "answered after {elapsed:?}");
     assert!(calls.get() <= 8, "{} calls", calls.get());
 }
+
+/// The client adapter awaits the head itself: the same bound applies there.
+#[cfg(feature = "reqwest")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leader_without_a_head_in_time_is_answered_504() {
+    use axum::{routing, Router};
+    use tower_idempotency::IdempotencyMiddleware;
+
+    let calls = Calls::default();
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/v1/chat",
+        routing::post(move || {
+            counter.inc();
+            pending::<&'static str>()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/chat", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let layer = IdempotencyLayer::builder()
+        .upstream_timeout(Duration::from_millis(300))
+        .build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(IdempotencyMiddleware::new(&layer))
+        .build();
+    let response = timeout(PATIENCE, client.post(&url).body("q").send())
+        .await
+        .expect("answered past the bound")
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(calls.get(), 1);
+    assert_eq!(layer.in_flight(), 0);
+}
