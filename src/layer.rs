@@ -16,7 +16,9 @@ use crate::{
 /// Applies [`Idempotency`] to a service.
 ///
 /// `IdempotencyLayer::new()` needs no configuration: an in-process cache of
-/// 64 MiB, a one-hour TTL, GET and POST eligible, 16 MiB body limits. Use
+/// 64 MiB, a one-hour TTL, GET and POST eligible, 16 MiB body limits, 256 MiB
+/// for the responses being recorded at once, and upstream calls bounded at 10
+/// minutes to their head and 5 minutes of silence between frames. Use
 /// [`IdempotencyLayer::builder`] to change any of it.
 ///
 /// Clones share one cache, one flight map and one set of statistics: build
@@ -276,9 +278,13 @@ impl Builder {
         self
     }
 
-    /// How long a request waits for an identical one that another instance
-    /// is computing, before it goes through itself (or, in strict mode, is
-    /// answered 409). Default: 60 s.
+    /// How long a request waits for an identical one in flight, in this
+    /// process or on another instance, before it goes through itself (or,
+    /// in strict mode, is answered 409). Default: 60 s. `Duration::ZERO`
+    /// waits only for an answer already there; `Duration::MAX` means no
+    /// bound (the leader's own bounds,
+    /// [`upstream_timeout`](Self::upstream_timeout) and
+    /// [`idle_timeout`](Self::idle_timeout), still apply).
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.config.wait_timeout = timeout;
         self
