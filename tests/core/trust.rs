@@ -146,7 +146,8 @@ async fn a_follower_with_another_value_of_a_vary_header_goes_through_itself() {
             .body(full(format!("for {origin}")))
             .unwrap()
     });
-    let service = IdempotencyLayer::new().layer(inner);
+    let layer = IdempotencyLayer::new();
+    let service = layer.layer(inner);
     let leader = tokio::spawn({
         let service = service.clone();
         async move { fetch(&service, from("https://a.example")).await }
@@ -160,6 +161,7 @@ async fn a_follower_with_another_value_of_a_vary_header_goes_through_itself() {
         let service = service.clone();
         async move { fetch(&service, from("https://b.example")).await }
     });
+    assert!(eventually(PATIENCE, || layer.stats().requests == 3).await);
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.notify_one();
     let leader = timeout(PATIENCE, leader).await.unwrap().unwrap();
