@@ -58,8 +58,8 @@
 //! each gets its own answer. A response whose `Vary` names request headers
 //! outside the key is stored with a digest of the leader's values of them,
 //! and replayed (or shared) only to requests with the same values; another
-//! value is a miss whose answer replaces the entry. Hop-by-hop headers and `set-cookie` are stripped from what is stored
-//! and shared. A replay carries the original status, headers, body and
+//! value is a miss whose answer replaces the entry. Hop-by-hop headers and
+//! `set-cookie` are stripped from what is stored and shared. A replay carries the original status, headers, body and
 //! trailers, plus `age` and an RFC 9211 `cache-status` member:
 //!
 //! | outcome | `cache-status` |
@@ -93,9 +93,10 @@
 //! if the leader's caller goes away: it has been paid for. If the inner
 //! service returns an error, the leader's caller gets it and every follower
 //! goes through itself at once, as it would have without the layer: failover
-//! is never serialised. If the leader goes away or panics before a response
-//! head, its caller gets the panic and one follower takes over as the new
-//! leader. Nobody waits forever: a follower waits at most
+//! is never serialised. If the call panics (the panic reaches the leader's
+//! caller), or the leader's caller goes away before the head where the call
+//! is tied to it (the reqwest middleware), one follower takes over as the
+//! new leader. Nobody waits forever: a follower waits at most
 //! [`Builder::wait_timeout`], then goes through itself (or is answered 409
 //! in strict mode); the leader's call gets [`Builder::upstream_timeout`] for
 //! its head (past it, its caller is answered 504) and
@@ -103,7 +104,7 @@
 //! for every reader and nothing is stored). A body that fails mid-stream
 //! fails for every reader that was streaming it.
 //!
-//! This needs a Tokio runtime.
+//! This needs a Tokio runtime, with its timer enabled (the bounds above).
 //!
 //! # Sharing across instances
 //!
