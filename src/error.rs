@@ -29,6 +29,9 @@ pub enum ErrorKind {
     KeyReused,
     /// A control header has an invalid value (answered 400).
     InvalidControl,
+    /// The inner service gave no response head within
+    /// [`upstream_timeout`](crate::Builder::upstream_timeout) (answered 504).
+    UpstreamTimeout,
 }
 
 /// A failure of the layer itself, found in the extensions of the response
@@ -81,6 +84,7 @@ impl fmt::Display for Error {
             ErrorKind::InvalidKey => f.write_str("idempotency-key is invalid"),
             ErrorKind::KeyReused => f.write_str("idempotency-key was used with another payload"),
             ErrorKind::InvalidControl => f.write_str("invalid control header"),
+            ErrorKind::UpstreamTimeout => f.write_str("the upstream did not answer in time"),
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::{
 /// Applies [`Idempotency`] to a service.
 ///
 /// `IdempotencyLayer::new()` needs no configuration: an in-process cache of
-/// 64 MiB, a one-hour TTL, GET and POST eligible, 16 MiB body limits. Use
+/// 64 MiB, a one-hour TTL, GET and POST eligible, 16 MiB body limits, 256 MiB
+/// for the responses being recorded at once, and upstream calls bounded at 10
+/// minutes to their head and 5 minutes of silence between frames. Use
 /// [`IdempotencyLayer::builder`] to change any of it.
 ///
 /// Clones share one cache, one flight map and one set of statistics: build
@@ -51,6 +53,12 @@ impl IdempotencyLayer {
     /// Upstream calls in progress (flights). Zero when the layer is idle.
     pub fn in_flight(&self) -> usize {
         self.engine.flights_in_progress()
+    }
+
+    /// Bytes of the recording budget in use, for tests.
+    #[doc(hidden)]
+    pub fn recording_bytes(&self) -> u64 {
+        self.engine.recording_bytes()
     }
 
     /// Entries in the in-process cache and the bytes they weigh.
@@ -295,12 +303,51 @@ impl Builder {
         self
     }
 
-    /// How long a request waits for an identical one that another instance
-    /// is computing, before it goes through itself (or, in strict mode, is
-    /// answered 409). Default: 60 s. Clamped to
-    /// [`MAX_WAIT_TIMEOUT`](Self::MAX_WAIT_TIMEOUT); zero does not wait.
+    /// How long a request waits for an identical one in flight, in this
+    /// process or on another instance, before it goes through itself (or,
+    /// in strict mode, is answered 409). Default: 60 s. `Duration::ZERO`
+    /// waits only for an answer already there. Clamped to
+    /// [`MAX_WAIT_TIMEOUT`](Self::MAX_WAIT_TIMEOUT) (the leader's own bounds,
+    /// [`upstream_timeout`](Self::upstream_timeout) and
+    /// [`idle_timeout`](Self::idle_timeout), apply as well).
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.config.wait_timeout = timeout;
+        self
+    }
+
+    /// How long the leader's call may take to produce its response head.
+    /// Past it the call is abandoned: its caller is answered 504 Gateway
+    /// Timeout (with an [`Error`](crate::Error) of kind
+    /// [`UpstreamTimeout`](crate::ErrorKind::UpstreamTimeout) in the
+    /// extensions), the requests waiting on it go through themselves, and
+    /// the claim on the key is released. Default: 10 minutes, room for the
+    /// slowest reasoning models, which may think for minutes before they
+    /// answer. `Duration::ZERO` gives up on any call not ready at once;
+    /// `Duration::MAX` means no bound.
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.config.upstream_timeout = timeout;
+        self
+    }
+
+    /// How long the leader's response body may stay silent between two
+    /// frames. Past it the body ends with an error for every reader, nothing
+    /// is stored and the claim on the key is released. Default: 5 minutes,
+    /// far above the pauses of a streamed generation. `Duration::MAX` means
+    /// no bound.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Byte budget shared by every response being recorded at once by this
+    /// layer. Past it, new chunks are no longer recorded: the responses
+    /// still stream whole to their callers, but are not stored. Bytes return
+    /// to the budget when a recording ends. Default: 256 MiB, sixteen
+    /// recordings of the default response limit at once: a burst of large
+    /// answers cannot hold more memory than that, however slow their
+    /// readers. Zero records nothing (nothing is stored).
+    pub fn max_recording_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_recording_bytes = bytes;
         self
     }
 

@@ -53,23 +53,31 @@
 //! # What is stored, and what is replayed
 //!
 //! Only complete 2xx responses are stored by default ([`Builder::store_if`]
-//! widens this); a response with `Cache-Control: no-store` or `private` never
-//! is. Hop-by-hop headers and `set-cookie` are stripped from what is stored
-//! and shared. A replay carries the original status, headers, body and
+//! widens this); a response with `Cache-Control: no-store` or `private`, or
+//! `Vary: *`, never is, and is not shared with concurrent duplicates either:
+//! each gets its own answer. A response whose `Vary` names request headers
+//! outside the key is stored with a digest of the leader's values of them,
+//! and replayed (or shared) only to requests with the same values; another
+//! value is a miss whose answer replaces the entry. Hop-by-hop headers and
+//! `set-cookie` are stripped from what is stored and shared. A replay carries the original status, headers, body and
 //! trailers, plus `age` and an RFC 9211 `cache-status` member:
 //!
 //! | outcome | `cache-status` |
 //! |---|---|
 //! | replayed from storage | `tower-idempotency; hit; ttl=<seconds left>` |
-//! | the one request that called upstream | `tower-idempotency; fwd=uri-miss; stored` (no `stored` when it will not be) |
+//! | the one request that called upstream | `tower-idempotency; fwd=uri-miss; stored` (`stored` only when it will be) |
 //! | a concurrent duplicate sharing it | `tower-idempotency; fwd=uri-miss; collapsed` |
 //! | the client sent `Cache-Control: no-cache` | `tower-idempotency; fwd=request; stored` |
 //! | skipped by policy (`no-store`, body too large) | `tower-idempotency; fwd=bypass` |
 //! | method not eligible | `tower-idempotency; fwd=method` |
 //!
-//! `stored` on a leader's response is decided from its head (status,
-//! `Cache-Control`, `Content-Length`): a body that then fails or outgrows the
-//! response limit is not stored after all.
+//! `stored` on a leader's response is a promise made from its head: the
+//! policy allows storing it, and its length is known (`Content-Length`, or an
+//! in-process body's exact size hint), within the response limit and
+//! reserved in the recording budget ([`Builder::max_recording_bytes`]). Only
+//! a body that then fails breaks it. A response of unknown length (chunked,
+//! a stream) carries no `stored`, though it is stored if it completes within
+//! the limit and the budget.
 //!
 //! # Concurrent duplicates
 //!
@@ -82,13 +90,21 @@
 //! request after it calls upstream again.
 //!
 //! The upstream call runs in its own task, so it completes and is stored even
-//! if the leader's caller goes away: it has been paid for. If the leader
-//! fails before a response head (the inner service returns an error or
-//! panics), the leader's caller gets that error (or panic) and one follower
-//! takes over as the new leader; nobody waits forever. A body that fails
-//! mid-stream fails for every reader that was streaming it.
+//! if the leader's caller goes away: it has been paid for. If the inner
+//! service returns an error, the leader's caller gets it and every follower
+//! goes through itself at once, as it would have without the layer: failover
+//! is never serialised. If the call panics (the panic reaches the leader's
+//! caller), or the leader's caller goes away before the head where the call
+//! is tied to it (the reqwest middleware), one follower takes over as the
+//! new leader. Nobody waits forever: a follower waits at most
+//! [`Builder::wait_timeout`], then goes through itself (or is answered 409
+//! in strict mode); the leader's call gets [`Builder::upstream_timeout`] for
+//! its head (past it, its caller is answered 504) and
+//! [`Builder::idle_timeout`] between body frames (past it, the body fails
+//! for every reader and nothing is stored). A body that fails mid-stream
+//! fails for every reader that was streaming it.
 //!
-//! This needs a Tokio runtime.
+//! This needs a Tokio runtime, with its timer enabled (the bounds above).
 //!
 //! # Sharing across instances
 //!

@@ -80,6 +80,9 @@ pub(crate) struct Config {
     pub(crate) max_response_body: usize,
     pub(crate) cache_status: bool,
     pub(crate) wait_timeout: Duration,
+    pub(crate) upstream_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_recording_bytes: u64,
     pub(crate) strict: bool,
     pub(crate) control_headers: bool,
     pub(crate) key_header: Option<KeyHeader>,
@@ -105,6 +108,9 @@ impl Default for Config {
             max_response_body: 16 * 1024 * 1024,
             cache_status: true,
             wait_timeout: Duration::from_secs(60),
+            upstream_timeout: Duration::from_secs(10 * 60),
+            idle_timeout: Duration::from_secs(5 * 60),
+            max_recording_bytes: 256 * 1024 * 1024,
             strict: false,
             control_headers: false,
             key_header: None,
@@ -197,6 +203,8 @@ pub(crate) struct Job {
 pub(crate) struct Lead {
     leader: Leader,
     job: Job,
+    /// The leader's request headers, for the response's `Vary`.
+    request_headers: HeaderMap,
     claim: Claim,
     model: Option<String>,
     started: Instant,
@@ -235,7 +243,7 @@ impl Engine {
             l1,
             l2,
             ns: L2::tag(&config.key.namespace),
-            flights: Arc::new(Flights::new()),
+            flights: Arc::new(Flights::new(config.max_recording_bytes)),
             counters: Counters::default(),
             config,
         }
@@ -268,6 +276,10 @@ impl Engine {
 
     pub(crate) fn flights_in_progress(&self) -> usize {
         self.flights.len()
+    }
+
+    pub(crate) fn recording_bytes(&self) -> u64 {
+        self.flights.budget().used()
     }
 
     pub(crate) async fn purge(&self, namespace: Option<&str>, key: &Key) {
@@ -498,14 +510,19 @@ impl Engine {
         if job.refresh {
             Counters::inc(&self.counters.refreshes);
             telemetry::outcome(Outcome::Refresh);
-            let leader = Flights::solo(job.key, job.fingerprint);
+            let leader = self.flights.solo(job.key, job.fingerprint);
             return self
                 .call_upstream(leader, job, None, parts, body, upstream)
                 .await;
         }
         if let Some(record) = self.l1.get(&job.key).await {
-            return Ok(self.hit(&job, &record, Outcome::HitL1));
+            if self.fits(&job, &record, &parts.headers) {
+                return Ok(self.hit(&job, &record, Outcome::HitL1));
+            }
         }
+        // A follower waits for its leader at most this long, like a waiter
+        // on another instance.
+        let deadline = tokio::time::Instant::now().checked_add(self.config.wait_timeout);
         loop {
             match self.flights.join_or_lead(job.key, job.fingerprint) {
                 Role::Follow(flight) => {
@@ -517,9 +534,24 @@ impl Engine {
                             return Ok(self.reject(in_flight()));
                         }
                     }
-                    match flight.join().await {
-                        Joined::Replay(record) => {
+                    let joined = flight.join(&parts.headers);
+                    let joined = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, joined).await,
+                        None => Ok(joined.await),
+                    };
+                    let Ok(joined) = joined else {
+                        Counters::inc(&self.counters.wait_timeouts);
+                        if self.config.strict {
+                            return Ok(self.reject(in_flight()));
+                        }
+                        return self.alone(job, parts, body, upstream).await;
+                    };
+                    match joined {
+                        Joined::Replay(record) if self.fits(&job, &record, &parts.headers) => {
                             return Ok(self.hit(&job, &record, Outcome::Coalesced))
+                        }
+                        Joined::Replay(_) | Joined::Alone => {
+                            return self.alone(job, parts, body, upstream).await
                         }
                         Joined::Live(head, reader, settled) => {
                             self.tally(&self.counters.coalesced, FleetCounter::Coalesced);
@@ -542,13 +574,50 @@ impl Engine {
                     // The look-up above may have raced a flight that stored
                     // its answer and left the map: this one is authoritative.
                     if let Some(record) = self.l1.get(&job.key).await {
-                        leader.replay(Arc::clone(&record));
-                        return Ok(self.hit(&job, &record, Outcome::HitL1));
+                        if self.fits(&job, &record, &parts.headers) {
+                            leader.replay(Arc::clone(&record));
+                            return Ok(self.hit(&job, &record, Outcome::HitL1));
+                        }
                     }
                     return self.lead_shared(leader, job, parts, body, upstream).await;
                 }
             }
         }
+    }
+
+    /// Calls upstream for a request no flight can serve, without a flight
+    /// others could join.
+    async fn alone<B, U>(
+        self: Arc<Self>,
+        job: Job,
+        parts: request::Parts,
+        body: Bytes,
+        upstream: U,
+    ) -> Answer<U::Body, U::Error>
+    where
+        U: Upstream<RequestBody<B>>,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        let leader = self.flights.solo(job.key, job.fingerprint);
+        self.call_upstream(leader, job, None, parts, body, upstream)
+            .await
+    }
+
+    /// The request headers the key covers: a stored response that varies on
+    /// these needs nothing more.
+    fn keyed(&self) -> &[HeaderName] {
+        match self.config.key.custom {
+            // A custom key's material is unknown: nothing counts as covered.
+            Some(_) => &[],
+            None => &self.config.key.vary,
+        }
+    }
+
+    /// Whether a stored response may answer a request with these headers:
+    /// its `Vary` is honoured, except in `Idempotency-Key` mode, where the
+    /// key contract wins.
+    fn fits(&self, job: &Job, record: &Record, request: &HeaderMap) -> bool {
+        job.fingerprint.is_some() || record.fits(request, self.keyed())
     }
 
     /// The local leader asks the shared store: a hit, the lease (then call
@@ -572,16 +641,24 @@ impl Engine {
                 .call_upstream(leader, job, None, parts, body, upstream)
                 .await;
         };
-        let deadline = Instant::now() + self.config.wait_timeout;
+        // No deadline past what `Instant` can hold.
+        let deadline = Instant::now().checked_add(self.config.wait_timeout);
         loop {
             let notified = watch.notify().notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
             match self.l2.lookup(&job.ns, &job.key).await {
-                Lookup::Hit(record) => {
+                Lookup::Hit(record) if self.fits(&job, &record, &parts.headers) => {
                     self.l1.insert(job.key, Arc::clone(&record)).await;
                     leader.replay(Arc::clone(&record));
                     return Ok(self.hit(&job, &record, Outcome::HitL2));
+                }
+                // Stored for other values of the headers it varies on: a
+                // miss, whose fresh answer replaces the entry.
+                Lookup::Hit(_) => {
+                    return self
+                        .call_upstream(leader, job, None, parts, body, upstream)
+                        .await;
                 }
                 Lookup::Claimed(lease) => {
                     return self
@@ -598,7 +675,7 @@ impl Engine {
                         return Ok(self.reject(in_flight()));
                     }
                     let now = Instant::now();
-                    if now >= deadline {
+                    if deadline.is_some_and(|deadline| now >= deadline) {
                         Counters::inc(&self.counters.wait_timeouts);
                         if self.config.strict {
                             return Ok(self.reject(in_flight()));
@@ -612,7 +689,7 @@ impl Engine {
                     // interval in case a message was lost.
                     let nap = (lease_left + Duration::from_millis(5))
                         .min(self.l2.poll_interval())
-                        .min(deadline - now);
+                        .min(deadline.map_or(Duration::MAX, |deadline| deadline - now));
                     let _ = tokio::time::timeout(nap, notified).await;
                 }
             }
@@ -648,6 +725,7 @@ impl Engine {
         let model = None;
         let lead = Lead {
             leader,
+            request_headers: parts.headers.clone(),
             job,
             claim: Claim {
                 lease,
@@ -776,6 +854,7 @@ impl Engine {
             | ErrorKind::InvalidKey
             | ErrorKind::InvalidControl => StatusCode::BAD_REQUEST,
             ErrorKind::InFlight => StatusCode::CONFLICT,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         };
         match error.kind() {

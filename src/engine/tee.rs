@@ -7,15 +7,19 @@ use bytes::{Buf, Bytes};
 use http::{response, HeaderMap, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    sync::oneshot,
+    task::JoinHandle,
+    time::{error::Elapsed, timeout},
+};
 
-use super::{Answer, Engine, Lead};
+use super::{Answer, Engine, Job, Lead};
 use crate::{
     cache_status::CacheStatus,
-    error::BoxError,
+    error::{BoxError, Error, ErrorKind},
     flight::{Head, Reader},
     policy,
-    record::{now_millis, Meta, Record},
+    record::{now_millis, Meta, Record, Vary},
     stats::Counters,
     store::FleetCounter,
     telemetry,
@@ -26,6 +30,17 @@ struct Started {
     head: Arc<Head>,
     reader: Reader,
 }
+
+/// Why the leader's call gave no head.
+enum NoHead<E> {
+    /// The inner service failed: its caller gets the error.
+    Upstream(E),
+    /// Past the upstream timeout: its caller is answered 504.
+    TimedOut,
+}
+
+/// The leader's call, as bounded by the upstream timeout.
+type Bounded<RB, E> = Result<Result<Response<RB>, E>, Elapsed>;
 
 impl Engine {
     /// Leads with a call that runs in a task of its own from the start: it
@@ -43,6 +58,7 @@ impl Engine {
     {
         let refresh = lead.job.refresh;
         let (started_tx, started_rx) = oneshot::channel();
+        let call = timeout(self.config.upstream_timeout, call);
         let task = tokio::spawn(Arc::clone(&self).record(lead, call, started_tx));
         self.started(started_rx, task, refresh).await
     }
@@ -64,7 +80,7 @@ impl Engine {
         E: Send + 'static,
     {
         let refresh = lead.job.refresh;
-        let result = call.await;
+        let result = timeout(self.config.upstream_timeout, call).await;
         let (started_tx, started_rx) = oneshot::channel();
         let task =
             tokio::spawn(Arc::clone(&self).record(lead, std::future::ready(result), started_tx));
@@ -73,19 +89,23 @@ impl Engine {
 
     async fn started<RB, E>(
         &self,
-        started: oneshot::Receiver<Result<Started, E>>,
+        started: oneshot::Receiver<Result<Started, NoHead<E>>>,
         task: JoinHandle<()>,
         refresh: bool,
     ) -> Answer<RB, E> {
         match started.await {
             Ok(Ok(Started { head, reader })) => {
-                let status = match (refresh, head.storable) {
+                let status = match (refresh, head.promised) {
                     (false, stored) => CacheStatus::Miss { stored },
                     (true, stored) => CacheStatus::Refresh { stored },
                 };
                 Ok(self.live(&head, &head.headers, reader, status))
             }
-            Ok(Err(error)) => Err(error),
+            Ok(Err(NoHead::Upstream(error))) => Err(error),
+            Ok(Err(NoHead::TimedOut)) => Ok(self.reject(Error::new(
+                ErrorKind::UpstreamTimeout,
+                "no response head within the upstream timeout",
+            ))),
             // The task ended without a word: it panicked. Panic here too, as
             // the inner service would have without the layer.
             Err(_) => match task.await {
@@ -101,15 +121,16 @@ impl Engine {
         self: Arc<Self>,
         lead: Lead,
         call: F,
-        started: oneshot::Sender<Result<Started, E>>,
+        started: oneshot::Sender<Result<Started, NoHead<E>>>,
     ) where
-        F: Future<Output = Result<Response<RB>, E>>,
+        F: Future<Output = Bounded<RB, E>>,
         RB: Body,
         RB::Error: Into<BoxError>,
     {
         let Lead {
             mut leader,
             job,
+            request_headers,
             claim,
             model,
             started: called_at,
@@ -117,11 +138,16 @@ impl Engine {
         let response = call.await;
         telemetry::upstream(called_at.elapsed());
         let response = match response {
-            Ok(response) => response,
-            Err(error) => {
+            Ok(Ok(response)) => response,
+            failed => {
                 Counters::inc(&self.counters.upstream_errors);
-                drop(leader); // abandons the flight: a follower takes over
-                let _ = started.send(Err(error));
+                // Each follower goes through itself now, as it would have
+                // without the layer: failover is never serialised.
+                leader.give_up();
+                let _ = started.send(Err(match failed {
+                    Ok(Err(error)) => NoHead::Upstream(error),
+                    _ => NoHead::TimedOut,
+                }));
                 // Let waiters on other instances take over now.
                 self.l2
                     .complete(&job.ns, &job.key, claim.lease.as_ref(), None)
@@ -130,7 +156,11 @@ impl Engine {
             }
         };
         let (parts, body) = response.into_parts();
-        let head = Arc::new(self.head(parts));
+        let mut head = self.head(parts, body.size_hint().exact(), &job, &request_headers);
+        // `stored` is promised only for a length known now, within the limit
+        // and the recording budget, which is reserved for it.
+        head.promised = head.storable && head.content_length.is_some_and(|len| leader.reserve(len));
+        let head = Arc::new(head);
         let reader = leader.start(Arc::clone(&head));
         // If the caller is gone, its reader is dropped here; the call goes on.
         let _ = started.send(Ok(Started {
@@ -147,10 +177,11 @@ impl Engine {
                 // Too large to store, and nobody is left to serve.
                 break Some("every reader of an oversized response went away".into());
             }
-            let frame = match body.as_mut().frame().await {
-                None => break None,
-                Some(Err(error)) => break Some(error.into()),
-                Some(Ok(frame)) => frame,
+            let frame = match timeout(self.config.idle_timeout, body.as_mut().frame()).await {
+                Err(_) => break Some("the upstream body was idle past the idle timeout".into()),
+                Ok(None) => break None,
+                Ok(Some(Err(error))) => break Some(error.into()),
+                Ok(Some(Ok(frame))) => frame,
             };
             match frame.into_data() {
                 Ok(mut data) => {
@@ -173,7 +204,8 @@ impl Engine {
         // byte and asks again finds the entry.
         let (recorded, received) = leader.recorded();
         let now = now_millis();
-        let meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
+        let mut meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
+        meta.vary = head.vary_digest;
         let record = Record {
             status: head.status,
             version: head.version,
@@ -187,7 +219,7 @@ impl Engine {
         };
         let record = Arc::new(record);
         let stored = match recorded {
-            Some(_) if head.storable && !job.ttl.is_zero() => {
+            Some(_) if head.storable => {
                 self.l1.insert(job.key, Arc::clone(&record)).await;
                 self.tally(&self.counters.stored, FleetCounter::Stored);
                 Some(record.clone())
@@ -197,20 +229,39 @@ impl Engine {
         // Followers streamed the response live: count what they saved.
         let followers = leader.settle(Arc::new(record.info.clone()), received);
         self.count_savings(&record.info, received, followers);
+        // The flight leaves the map, then the readers see the end, after the
+        // record is in L1: a newcomer finds one or the other, and a request
+        // sent after the end never joins a flight whose answer was not
+        // stored.
         leader.complete(trailers);
-        // Dropping the leader takes the flight out of the map, after the
-        // record is in L1: a newcomer finds one or the other.
         drop(leader);
         self.l2
             .complete(&job.ns, &job.key, claim.lease.as_ref(), stored.as_deref())
             .await;
     }
 
-    /// What every reader shares of the upstream head, and whether the
-    /// response may be stored.
-    fn head(&self, parts: response::Parts) -> Head {
-        let content_length = policy::content_length(&parts.headers);
-        let storable = !policy::response_forbids_storing(&parts.headers)
+    /// What every reader shares of the upstream head, whether the response
+    /// may be stored, and with whom it may be shared. `exact` is the body's
+    /// own exact length, if it knows it.
+    fn head(
+        &self,
+        parts: response::Parts,
+        exact: Option<u64>,
+        job: &Job,
+        request: &HeaderMap,
+    ) -> Head {
+        let content_length = policy::content_length(&parts.headers).or(exact);
+        // In `Idempotency-Key` mode the key contract wins: duplicates share
+        // the answer whatever its cache directives say.
+        let keyed_by_header = job.fingerprint.is_some();
+        let vary = if keyed_by_header {
+            Vary::Keyed
+        } else {
+            Vary::of(&parts.headers, self.keyed())
+        };
+        let forbidden = policy::response_forbids_storing(&parts.headers) || vary == Vary::Any;
+        let storable = !forbidden
+            && !job.ttl.is_zero()
             && content_length.is_none_or(|len| len <= self.config.max_response_body as u64)
             && self.config.store_if.should_store(&parts);
         Head {
@@ -220,6 +271,10 @@ impl Engine {
             headers: parts.headers,
             content_length,
             storable,
+            promised: false,
+            shareable: keyed_by_header || !forbidden,
+            vary_digest: vary.digest(request),
+            vary,
         }
     }
 }
@@ -288,6 +343,7 @@ impl UsageReader {
         Meta {
             fingerprint,
             model: model.or(response_model),
+            vary: None,
             usage,
         }
     }
@@ -299,6 +355,10 @@ impl UsageReader {
         _body: Option<&Bytes>,
         fingerprint: Option<crate::Key>,
     ) -> Meta {
-        Meta { fingerprint, model }
+        Meta {
+            fingerprint,
+            model,
+            vary: None,
+        }
     }
 }

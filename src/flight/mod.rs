@@ -7,22 +7,38 @@
 //! a follower that joins late first gets the chunks so far, then the rest
 //! live.
 //!
-//! Memory: while the response is being recorded, the flight holds at most the
-//! response limit (that is the record). Past the limit the record is dropped,
-//! the flight leaves the map (a newcomer could not see the start any more),
-//! chunks are released as soon as every reader has passed them, and the
-//! upstream body is read no faster than the slowest reader allows.
+//! Sharing: a head that must not be reused (`private`, `no-store`,
+//! `Vary: *`) takes the flight out of the map at once, and its followers
+//! each call upstream themselves; so does a follower whose values of the
+//! headers the response varies on differ from the leader's.
 //!
-//! Failure: if the leader stops before the response head is known (the inner
-//! service failed, panicked, or the leader was dropped), the flight is
-//! abandoned and its followers race to lead a new one: exactly one wins, the
-//! others follow it. Nobody waits on a leader that is gone.
+//! Memory: while the response is being recorded, the flight holds at most the
+//! response limit (that is the record), and every flight's record draws on
+//! one [`Budget`]. Past the limit or the budget the record is dropped, its
+//! bytes return to the budget, the flight leaves the map (a newcomer could
+//! not see the start any more), chunks are released as soon as every reader
+//! has passed them, and the upstream body is read no faster than the slowest
+//! reader allows.
+//!
+//! End: the flight leaves the map before its end is published, and a flight
+//! found over is never joined: a request sent after a response ended never
+//! gets it (it finds the stored entry, or calls upstream).
+//!
+//! Failure: if the upstream call fails or times out before a head, every
+//! follower goes through itself at once (failover is never serialised). If
+//! the leader goes away before the head (it panicked, or its caller was
+//! dropped), the flight is abandoned and its followers race to lead a new
+//! one: exactly one wins, the others follow it. Nobody waits on a leader
+//! that is gone.
 
 use std::{
     collections::{HashMap, VecDeque},
     future::poll_fn,
     mem,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -33,7 +49,7 @@ use http_body::{Frame, SizeHint};
 use crate::{
     error::{BoxError, SharedError},
     key::Key,
-    record::{Meta, Record},
+    record::{Meta, Record, Vary},
 };
 
 const SHARDS: usize = 64;
@@ -41,6 +57,45 @@ const SHARDS: usize = 64;
 /// The flights in progress, by key.
 pub(crate) struct Flights {
     shards: Box<[Mutex<Shard>]>,
+    budget: Arc<Budget>,
+}
+
+/// The bytes every recording in flight may hold together.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `bytes` from the budget, if they are left.
+    fn reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes reserved now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 type Shard = HashMap<Key, Arc<Flight>>;
@@ -52,10 +107,15 @@ pub(crate) enum Role {
 }
 
 impl Flights {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(budget: u64) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            budget: Arc::new(Budget::new(budget)),
         }
+    }
+
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
@@ -68,23 +128,28 @@ impl Flights {
     /// mode, for followers to compare theirs with.
     pub(crate) fn join_or_lead(self: &Arc<Self>, key: Key, fingerprint: Option<Key>) -> Role {
         let mut map = self.shard(&key);
-        if let Some(flight) = map.get(&key) {
+        // A flight leaves the map before it ends, so one found here is live;
+        // should an ended one linger all the same, it is never joined.
+        if let Some(flight) = map.get(&key).filter(|flight| !flight.is_over()) {
             return Role::Follow(Arc::clone(flight));
         }
         let flight = Arc::new(Flight::new(key, fingerprint));
         map.insert(key, Arc::clone(&flight));
         Role::Lead(Leader {
             flights: Some(Arc::clone(self)),
+            budget: Arc::clone(&self.budget),
             flight,
             finished: false,
         })
     }
 
     /// A flight nobody can join: for a request that must reach the inner
-    /// service itself (a client's `no-cache`) but whose answer is recorded.
-    pub(crate) fn solo(key: Key, fingerprint: Option<Key>) -> Leader {
+    /// service itself (a client's `no-cache`, a follower the flight cannot
+    /// serve) but whose answer is recorded.
+    pub(crate) fn solo(&self, key: Key, fingerprint: Option<Key>) -> Leader {
         Leader {
             flights: None,
+            budget: Arc::clone(&self.budget),
             flight: Arc::new(Flight::new(key, fingerprint)),
             finished: false,
         }
@@ -113,8 +178,19 @@ pub(crate) struct Head {
     /// The headers followers get and a record keeps.
     pub(crate) shared_headers: HeaderMap,
     pub(crate) content_length: Option<u64>,
-    /// Whether the response will be stored if it completes within the limit.
+    /// Whether the response will be stored if it completes within the limit
+    /// and the recording budget.
     pub(crate) storable: bool,
+    /// Whether it will be stored for sure: its length is known, within the
+    /// limit, and reserved in the recording budget.
+    pub(crate) promised: bool,
+    /// Whether followers may share it: not `private`, `no-store` nor
+    /// `Vary: *` (collapsing requests onto one response is reuse).
+    pub(crate) shareable: bool,
+    /// What else than the key a request must match to share it, and the
+    /// digest of the leader's values.
+    pub(crate) vary: Vary,
+    pub(crate) vary_digest: Option<Key>,
 }
 
 /// One upstream call and everyone waiting for it.
@@ -128,6 +204,8 @@ struct State {
     phase: Phase,
     /// Readers and joiners waiting for something new.
     waiters: Vec<Waker>,
+    /// Bytes of the recording budget this flight holds.
+    reserved: u64,
     /// Body chunks not yet released; `chunks[0]` is chunk number `base`.
     chunks: VecDeque<Bytes>,
     base: usize,
@@ -155,8 +233,11 @@ enum Phase {
     Replay(Arc<Record>),
     /// The upstream answered; the body streams through `chunks`.
     Live(Arc<Head>),
-    /// The leader stopped before a head: followers must take over.
+    /// The leader went away before a head: one follower takes over.
     Abandoned,
+    /// The upstream call failed (or timed out) before a head: each follower
+    /// goes through itself, at once.
+    Failed,
 }
 
 #[derive(Clone)]
@@ -174,6 +255,9 @@ pub(crate) enum Joined {
     Live(Arc<Head>, Reader, Option<(Arc<Meta>, u64)>),
     /// The flight cannot serve this follower: lead or follow a new one.
     Retry,
+    /// The flight's answer is not for this follower (private, varying on
+    /// its headers, or failed): it must call upstream itself.
+    Alone,
 }
 
 impl Flight {
@@ -184,6 +268,7 @@ impl Flight {
             state: Mutex::new(State {
                 phase: Phase::Pending,
                 waiters: Vec::new(),
+                reserved: 0,
                 chunks: VecDeque::new(),
                 base: 0,
                 held: 0,
@@ -203,13 +288,21 @@ impl Flight {
         lock(&self.state)
     }
 
+    /// Whether the flight has nothing left to give a newcomer: its body has
+    /// ended, or its leader stopped before a head.
+    fn is_over(&self) -> bool {
+        let state = self.state();
+        state.end.is_some() || matches!(state.phase, Phase::Abandoned | Phase::Failed)
+    }
+
     /// The leader's payload fingerprint, in `Idempotency-Key` mode.
     pub(crate) fn fingerprint(&self) -> Option<Key> {
         self.fingerprint
     }
 
-    /// Waits for the leader's outcome.
-    pub(crate) async fn join(self: &Arc<Self>) -> Joined {
+    /// Waits for the leader's outcome. `request` is the follower's own
+    /// request headers, to match a response's `Vary`.
+    pub(crate) async fn join(self: &Arc<Self>, request: &HeaderMap) -> Joined {
         poll_fn(|cx| {
             let mut state = self.state();
             match &state.phase {
@@ -220,6 +313,11 @@ impl Flight {
                 Phase::Replay(record) => Poll::Ready(Joined::Replay(Arc::clone(record))),
                 // Chunks were released past the limit: the start is gone.
                 Phase::Live(_) if state.base > 0 => Poll::Ready(Joined::Retry),
+                Phase::Live(head)
+                    if !head.shareable || !head.vary.fits(head.vary_digest, request) =>
+                {
+                    Poll::Ready(Joined::Alone)
+                }
                 Phase::Live(head) => {
                     let head = Arc::clone(head);
                     let settled = state.settled.clone();
@@ -230,6 +328,7 @@ impl Flight {
                     Poll::Ready(Joined::Live(head, reader, settled))
                 }
                 Phase::Abandoned => Poll::Ready(Joined::Retry),
+                Phase::Failed => Poll::Ready(Joined::Alone),
             }
         })
         .await
@@ -263,6 +362,12 @@ impl State {
             read: 0,
             done: false,
         }
+    }
+
+    /// Stops recording and returns the flight's budget.
+    fn stop_recording(&mut self, budget: &Budget) {
+        self.recording = false;
+        budget.release(mem::take(&mut self.reserved));
     }
 
     /// Releases the chunks every reader has passed (only once not recording).
@@ -302,6 +407,7 @@ impl State {
 /// of the map.
 pub(crate) struct Leader {
     flights: Option<Arc<Flights>>,
+    budget: Arc<Budget>,
     flight: Arc<Flight>,
     finished: bool,
 }
@@ -310,7 +416,8 @@ pub(crate) struct Leader {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
     Recording,
-    /// This chunk took the body past the limit: the record is dropped.
+    /// This chunk took the body past the limit or the recording budget:
+    /// the record is dropped.
     Overflowed,
     NotRecording,
 }
@@ -323,17 +430,34 @@ impl Leader {
         self.finished = true;
     }
 
-    /// Publishes the upstream head; returns the leader's own reader.
+    /// Reserves `bytes` of the recording budget for this flight's record,
+    /// ahead of its chunks. Returns whether they were left.
+    pub(crate) fn reserve(&self, bytes: u64) -> bool {
+        let reserved = self.budget.reserve(bytes);
+        if reserved {
+            self.flight.state().reserved += bytes;
+        }
+        reserved
+    }
+
+    /// Publishes the upstream head; returns the leader's own reader. A head
+    /// followers may not share takes the flight out of the map at once, so
+    /// that newcomers lead their own.
     pub(crate) fn start(&self, head: Arc<Head>) -> Reader {
+        let shareable = head.shareable;
         let mut reader = None;
         self.flight.publish(|state| {
             state.phase = Phase::Live(head);
             reader = Some(state.add_reader(&self.flight));
         });
+        if !shareable {
+            self.unregister();
+        }
         reader.expect("set under the lock")
     }
 
-    /// Publishes a body chunk. Past `limit` bytes the record is dropped.
+    /// Publishes a body chunk. Past `limit` bytes, or past the recording
+    /// budget, the record is dropped.
     pub(crate) fn push(&self, chunk: Bytes, limit: u64) -> Pushed {
         let mut pushed = Pushed::NotRecording;
         self.flight.publish(|state| {
@@ -341,10 +465,13 @@ impl Leader {
             state.held += chunk.len();
             state.chunks.push_back(chunk);
             if state.recording {
-                pushed = if state.received > limit {
-                    state.recording = false;
+                let more = state.received.saturating_sub(state.reserved);
+                // Past the limit, or more than the budget has left.
+                pushed = if state.received > limit || (more > 0 && !self.budget.reserve(more)) {
+                    state.stop_recording(&self.budget);
                     Pushed::Overflowed
                 } else {
+                    state.reserved += more;
                     Pushed::Recording
                 };
             }
@@ -394,10 +521,21 @@ impl Leader {
         (body, state.received)
     }
 
-    /// Ends the body for every reader.
+    /// Ends the body for every reader. The flight leaves the map first: a
+    /// request that arrives after the end never joins it.
     pub(crate) fn complete(&mut self, trailers: Option<HeaderMap>) {
+        self.unregister();
+        self.release_budget();
         self.flight
             .publish(|state| state.end = Some(End::Complete(trailers)));
+        self.finished = true;
+    }
+
+    /// Ends the flight before a head because the upstream call failed or
+    /// timed out: every follower goes through itself, concurrently.
+    pub(crate) fn give_up(mut self) {
+        self.unregister();
+        self.flight.publish(|state| state.phase = Phase::Failed);
         self.finished = true;
     }
 
@@ -413,9 +551,18 @@ impl Leader {
     /// Ends the body with an error every reader sees.
     pub(crate) fn fail(mut self, error: BoxError) {
         let error = SharedError(Arc::new(error));
+        self.unregister();
+        self.release_budget();
         self.flight
             .publish(|state| state.end = Some(End::Failed(error)));
         self.finished = true;
+    }
+
+    /// The recording is over: its bytes are stored (and weigh in L1) or
+    /// lost.
+    fn release_budget(&self) {
+        let reserved = mem::take(&mut self.flight.state().reserved);
+        self.budget.release(reserved);
     }
 
     fn unregister(&self) {
@@ -427,6 +574,7 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
+        self.release_budget();
         if !self.finished {
             self.flight.publish(|state| match state.phase {
                 Phase::Pending => state.phase = Phase::Abandoned,

@@ -19,7 +19,13 @@
 //! | trailers       | 4 + … | header list, present only when the flag is 1                     |
 //! | meta           | 4 + n | `u32` length `n`, then `n` bytes                                 |
 //!
-//! Nothing may follow `meta`. A header list is a count followed by that many
+//! Nothing may follow `meta`, the entry's [`Meta`](super::Meta) as JSON
+//! (empty when there is none): the payload fingerprint, the model, token
+//! usage and, for a response whose `Vary` names request headers outside the
+//! key, the digest of the values they had. Fields are optional, so records
+//! written before a field existed still decode; a `Vary` that needs a digest
+//! the metadata lacks (or unreadable metadata) makes the record a miss,
+//! never a replay to the wrong request. A header list is a count followed by that many
 //! entries:
 //!
 //! | Field        | Size | Encoding                                            |
@@ -459,6 +465,32 @@ mod tests {
         let x_a: Vec<_> = decoded.headers.get_all("x-a").iter().collect();
         assert_eq!(x_a, ["first", "second", "third"]);
         assert_eq!(decoded.headers["x-raw"].as_bytes(), b"caf\xe9 \xff");
+    }
+
+    /// A response varying on a header outside the key keeps the leader's
+    /// digest through Redis; one without it (written before the digest
+    /// existed, or with unreadable metadata) answers no request.
+    #[test]
+    fn the_vary_digest_travels_with_the_record_and_its_absence_is_a_miss() {
+        let keyed = [http::header::ACCEPT_ENCODING];
+        let request = header_map(&[("origin", b"https://a.example")]);
+        let other = header_map(&[("origin", b"https://b.example")]);
+        let mut record = minimal();
+        record.headers = header_map(&[("vary", b"Origin, Accept-Encoding")]);
+        record.info.vary = super::super::Vary::of(&record.headers, &keyed).digest(&request);
+        record.meta = record.info.encode();
+        let decoded = dec(encode(&record)).unwrap();
+        assert!(decoded.fits(&request, &keyed));
+        assert!(!decoded.fits(&other, &keyed));
+
+        for meta in [&b""[..], b"{\"model\":\"m\"}", b"\xff not json"] {
+            record.meta = Bytes::copy_from_slice(meta);
+            let decoded = dec(encode(&record)).unwrap();
+            assert!(!decoded.fits(&request, &keyed), "{meta:?}");
+        }
+        // Without a `Vary` beyond the key, no digest is needed.
+        record.headers = header_map(&[("vary", b"accept-encoding")]);
+        assert!(dec(encode(&record)).unwrap().fits(&other, &keyed));
     }
 
     #[test]

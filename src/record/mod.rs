@@ -2,12 +2,15 @@
 
 #[cfg(feature = "redis")]
 pub(crate) mod codec;
+mod vary;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 use serde::{Deserialize, Serialize};
+
+pub(crate) use vary::Vary;
 
 use crate::key::Key;
 
@@ -40,6 +43,11 @@ pub(crate) struct Meta {
     /// The model the request asked for (or the response named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) model: Option<String>,
+    /// When the response varies on request headers outside the key: the
+    /// digest of the values the request that caused it had (see [`Vary`]).
+    /// Without it such an entry answers no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) vary: Option<Key>,
     /// Token usage the response reported.
     #[cfg(feature = "ai")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +105,12 @@ impl Record {
 
     pub(crate) fn is_fresh_at(&self, now: u64) -> bool {
         self.expires_at > now
+    }
+
+    /// Whether this entry may answer a request with these headers, given
+    /// the headers the key covers.
+    pub(crate) fn fits(&self, request: &HeaderMap, keyed: &[http::HeaderName]) -> bool {
+        Vary::of(&self.headers, keyed).fits(self.info.vary, request)
     }
 }
 

@@ -5,11 +5,17 @@
 mod support;
 
 mod bodies;
+mod budget;
 mod coalescing;
 mod controls;
+mod deadlines;
 mod key_header;
 mod keys;
 mod loopback;
 mod policy;
+mod races;
 mod readiness;
 mod replay;
+#[cfg(feature = "redis")]
+mod shared_store;
+mod trust;
