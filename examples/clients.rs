@@ -27,10 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let prompt =
         r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Describe this photo"}]}"#;
 
-    // reqwest: add the middleware to the client.
+    // reqwest: add the middleware to the client, and tell it the client's
+    // default headers (none here) so that it keys requests as they are sent.
     let idempotency = IdempotencyLayer::new();
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(IdempotencyMiddleware::new(&idempotency))
+        .with(IdempotencyMiddleware::new(&idempotency).default_headers(Default::default()))
         .build();
     for attempt in 1..=3 {
         let response = client

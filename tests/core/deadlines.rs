@@ -230,7 +230,7 @@ async fn a_client_leader_without_a_head_in_time_is_answered_504() {
         .upstream_timeout(Duration::from_millis(300))
         .build();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(IdempotencyMiddleware::new(&layer))
+        .with(IdempotencyMiddleware::new(&layer).default_headers(Default::default()))
         .build();
     let response = timeout(PATIENCE, client.post(&url).body("q").send())
         .await
