@@ -332,3 +332,25 @@ async fn a_builder_ttl_of_any_size_expires() {
     fetch(&service, with("/v1/chat", &[], "{}")).await;
     assert_eq!(calls.get(), 2);
 }
+
+#[tokio::test]
+async fn the_authority_can_be_left_out_of_the_key() {
+    // A reverse proxy to one upstream, reached at several addresses.
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .key_authority(false)
+        .build()
+        .layer(inner);
+    let a = fetch(
+        &service,
+        with("/v1/chat", &[("host", "10.0.0.1:8080")], "{}"),
+    )
+    .await;
+    let b = fetch(
+        &service,
+        with("/v1/chat", &[("host", "10.0.0.2:8080")], "{}"),
+    )
+    .await;
+    assert_eq!(a.body, b.body);
+    assert_eq!(calls.get(), 1);
+}
