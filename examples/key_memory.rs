@@ -14,6 +14,9 @@ use std::{fs, thread};
 use http::Request;
 use tower_idempotency::IdempotencyLayer;
 
+/// Builds a body of about the given size.
+type MakeBody = fn(usize) -> Vec<u8>;
+
 /// Peak resident set size in KiB, or 0 where `/proc` has no answer.
 fn peak_kib() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -105,7 +108,7 @@ fn main() {
         "{:<24} {:>12} {:>12} {:>10}",
         "body", "baseline", "keying", "extra/body"
     );
-    let shapes: [(&str, fn(usize) -> Vec<u8>); 3] = [
+    let shapes: [(&str, MakeBody); 3] = [
         ("[0,0,…]", zeros),
         ("{\"a0\":0,…}", members),
         ("chat (escaped prose)", chat),
