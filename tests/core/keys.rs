@@ -354,3 +354,26 @@ async fn the_authority_can_be_left_out_of_the_key() {
     assert_eq!(a.body, b.body);
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test]
+async fn a_wait_timeout_of_any_size_never_overflows_a_deadline() {
+    // With a shared store, every miss computes a deadline from the wait
+    // timeout: the largest one must not overflow the clock.
+    let redis = crate::support::redis_server::RedisServer::start();
+    let store = tower_idempotency::RedisStore::builder(&redis.url())
+        .connect()
+        .await
+        .expect("connect to the test redis");
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .redis(store)
+        .wait_timeout(Duration::MAX)
+        .ttl(Duration::MAX)
+        .build()
+        .layer(inner);
+    let first = fetch(&service, with("/v1/chat", &[], "{}")).await;
+    assert_eq!(first.status, 200);
+    let again = fetch(&service, with("/v1/chat", &[], "{}")).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(calls.get(), 1);
+}
