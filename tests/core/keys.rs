@@ -377,3 +377,44 @@ async fn a_wait_timeout_of_any_size_never_overflows_a_deadline() {
     assert_eq!(again.body, first.body);
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_keyed_retries_with_cache_directives_make_one_call_per_key_in_every_round() {
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .idempotency_key_header(KeyHeader::Required)
+        .build()
+        .layer(inner);
+    const ROUNDS: usize = 300;
+    for round in 0..ROUNDS {
+        let key: &'static str = Box::leak(format!("round-{round}").into_boxed_str());
+        let tasks: Vec<_> = [
+            "no-store",
+            "no-cache",
+            "no-store",
+            "",
+            "no-cache, no-store",
+            "",
+        ]
+        .into_iter()
+        .map(|directive| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut headers = vec![("idempotency-key", key)];
+                if !directive.is_empty() {
+                    headers.push(("cache-control", directive));
+                }
+                fetch(&service, with("/pay", &headers, "{}")).await
+            })
+        })
+        .collect();
+        let mut bodies = Vec::new();
+        for task in tasks {
+            let answer = task.await.unwrap();
+            assert_eq!(answer.status, 200, "round {round}");
+            bodies.push(answer.body);
+        }
+        assert!(bodies.iter().all(|b| b == &bodies[0]), "round {round}");
+        assert_eq!(calls.get(), round + 1, "one call for round {round}");
+    }
+}
