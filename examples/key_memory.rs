@@ -60,6 +60,17 @@ fn members(len: usize) -> Vec<u8> {
     out
 }
 
+/// `[{"a":0,"b":0},…]`: the most noted objects per byte.
+fn pairs(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    out.push(b'[');
+    while out.len() + 16 < len {
+        out.extend_from_slice(br#"{"b":0,"a":0},"#);
+    }
+    out.extend_from_slice(br#"{"a":0}]"#);
+    out
+}
+
 /// A chat-completions request: a few long messages with escapes.
 fn chat(len: usize) -> Vec<u8> {
     let turn = 64 * 1024;
@@ -108,9 +119,10 @@ fn main() {
         "{:<24} {:>12} {:>12} {:>10}",
         "body", "baseline", "keying", "extra/body"
     );
-    let shapes: [(&str, MakeBody); 3] = [
+    let shapes: [(&str, MakeBody); 4] = [
         ("[0,0,…]", zeros),
         ("{\"a0\":0,…}", members),
+        ("[{\"b\":0,\"a\":0},…]", pairs),
         ("chat (escaped prose)", chat),
     ];
     for (name, make) in shapes {
