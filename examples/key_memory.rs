@@ -14,6 +14,9 @@ use std::{fs, thread};
 use http::Request;
 use tower_idempotency::IdempotencyLayer;
 
+/// Builds a body of about the given size.
+type MakeBody = fn(usize) -> Vec<u8>;
+
 /// Peak resident set size in KiB, or 0 where `/proc` has no answer.
 fn peak_kib() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -54,6 +57,17 @@ fn members(len: usize) -> Vec<u8> {
         i -= 1;
     }
     out.extend_from_slice(b"\"z\":0}");
+    out
+}
+
+/// `[{"a":0,"b":0},…]`: the most noted objects per byte.
+fn pairs(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    out.push(b'[');
+    while out.len() + 16 < len {
+        out.extend_from_slice(br#"{"b":0,"a":0},"#);
+    }
+    out.extend_from_slice(br#"{"a":0}]"#);
     out
 }
 
@@ -105,9 +119,10 @@ fn main() {
         "{:<24} {:>12} {:>12} {:>10}",
         "body", "baseline", "keying", "extra/body"
     );
-    let shapes: [(&str, fn(usize) -> Vec<u8>); 3] = [
+    let shapes: [(&str, MakeBody); 4] = [
         ("[0,0,…]", zeros),
         ("{\"a0\":0,…}", members),
+        ("[{\"b\":0,\"a\":0},…]", pairs),
         ("chat (escaped prose)", chat),
     ];
     for (name, make) in shapes {

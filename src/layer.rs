@@ -233,6 +233,17 @@ impl Builder {
         self
     }
 
+    /// Whether the authority a request is addressed to (the URI's, else the
+    /// `Host` header's) is in the key. Default: on, so that virtual hosts
+    /// served by one application never share an entry. Turn it off where the
+    /// authority names this server rather than what is asked, as in a
+    /// reverse proxy to one upstream whose instances are reached at
+    /// different addresses, so that they share entries.
+    pub fn key_authority(mut self, enabled: bool) -> Self {
+        self.config.key.authority = enabled;
+        self
+    }
+
     /// Adds one header to the vary headers.
     pub fn vary_header(mut self, header: HeaderName) -> Self {
         if !self.config.key.vary.contains(&header) {

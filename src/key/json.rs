@@ -40,8 +40,8 @@
 //! - Memory: 8 bytes per member of an object of two or more, plus 12 per
 //!   such object: at most about the size of the input for member-dense
 //!   objects (`{"a1f":0,…}` costs 0.7 to 0.9 times its size; an object of two
-//!   members takes at least 14 bytes, `{"a":0,"b":0},`, and costs 28), plus a
-//!   vector's spare capacity; nothing for arrays and scalars (`[0,0,…]` costs
+//!   members takes at least 14 bytes, `{"a":0,"b":0},`, and costs 28), plus
+//!   a quarter for spare capacity; nothing for arrays and scalars (`[0,0,…]` costs
 //!   nothing); and one decoded string at a time. Inputs of 2 GiB or more are
 //!   refused (`u32` offsets, one bit of which marks strings to decode).
 //!   `examples/key_memory.rs` measures it.
@@ -441,6 +441,7 @@ fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
         // A value starts here (white space already skipped).
         let is_member = match member.take() {
             Some(name) => {
+                grow(&mut pending, 1);
                 pending.push(Member { name, end: 0 });
                 true
             }
@@ -515,18 +516,22 @@ fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
                         for table in &mut notes.tables {
                             table.start = table.start.saturating_add(offset(len));
                         }
+                        grow(&mut notes.members, others.len());
                         notes.members.extend(others);
+                        grow(&mut notes.tables, 1);
                         notes.tables.push(Table {
                             offset: top.offset,
                             start: 0,
                             len: offset(len),
                         });
                     } else if len >= 2 {
+                        grow(&mut notes.tables, 1);
                         notes.tables.push(Table {
                             offset: top.offset,
                             start: offset(notes.members.len()),
                             len: offset(len),
                         });
+                        grow(&mut notes.members, len);
                         notes.members.extend(pending.drain(first..));
                     } else {
                         pending.truncate(first);
@@ -547,6 +552,15 @@ fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
                 _ => return Err(error("expected `,` or the end of a container")),
             }
         }
+    }
+}
+
+/// Makes room in `notes` for `more` items, growing by a quarter of its
+/// length rather than doubling it, so that spare capacity stays small next
+/// to the input (large reallocations move pages rather than copy them).
+fn grow<T>(notes: &mut Vec<T>, more: usize) {
+    if notes.capacity() - notes.len() < more {
+        notes.reserve_exact(more.max(notes.len() / 4).max(64));
     }
 }
 

@@ -184,6 +184,8 @@ pub(crate) enum BodyMode {
 pub(crate) struct KeySpec {
     pub(crate) namespace: String,
     pub(crate) vary: Vec<HeaderName>,
+    /// Whether the authority the request is addressed to is in the key.
+    pub(crate) authority: bool,
     pub(crate) body: BodyMode,
     pub(crate) custom: Option<Arc<dyn MakeKey>>,
 }
@@ -225,6 +227,7 @@ impl Default for KeySpec {
         Self {
             namespace: String::new(),
             vary: default_vary(),
+            authority: true,
             body: BodyMode::Json(IgnoreFields::default()),
             custom: None,
         }
@@ -249,7 +252,9 @@ impl KeySpec {
         hasher.put(&[FORMAT_VERSION, KIND_HEADER]);
         field(&mut hasher, namespace.as_bytes());
         field(&mut hasher, parts.method.as_str().as_bytes());
-        frame_authority(parts, &mut hasher);
+        if self.authority {
+            frame_authority(parts, &mut hasher);
+        }
         field(&mut hasher, parts.uri.path().as_bytes());
         self.frame_vary(parts, &mut hasher);
         field(&mut hasher, value.as_bytes());
@@ -275,7 +280,9 @@ impl KeySpec {
         sink.put(&[FORMAT_VERSION, KIND_CONTENT]);
         field(sink, namespace.as_bytes());
         field(sink, parts.method.as_str().as_bytes());
-        frame_authority(parts, sink);
+        if self.authority {
+            frame_authority(parts, sink);
+        }
         field(sink, parts.uri.path().as_bytes());
 
         let mut pairs: Vec<&str> = parts

@@ -332,3 +332,89 @@ async fn a_builder_ttl_of_any_size_expires() {
     fetch(&service, with("/v1/chat", &[], "{}")).await;
     assert_eq!(calls.get(), 2);
 }
+
+#[tokio::test]
+async fn the_authority_can_be_left_out_of_the_key() {
+    // A reverse proxy to one upstream, reached at several addresses.
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .key_authority(false)
+        .build()
+        .layer(inner);
+    let a = fetch(
+        &service,
+        with("/v1/chat", &[("host", "10.0.0.1:8080")], "{}"),
+    )
+    .await;
+    let b = fetch(
+        &service,
+        with("/v1/chat", &[("host", "10.0.0.2:8080")], "{}"),
+    )
+    .await;
+    assert_eq!(a.body, b.body);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn a_wait_timeout_of_any_size_never_overflows_a_deadline() {
+    // With a shared store, every miss computes a deadline from the wait
+    // timeout: the largest one must not overflow the clock.
+    let redis = crate::support::redis_server::RedisServer::start();
+    let store = tower_idempotency::RedisStore::builder(&redis.url())
+        .connect()
+        .await
+        .expect("connect to the test redis");
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .redis(store)
+        .wait_timeout(Duration::MAX)
+        .ttl(Duration::MAX)
+        .build()
+        .layer(inner);
+    let first = fetch(&service, with("/v1/chat", &[], "{}")).await;
+    assert_eq!(first.status, 200);
+    let again = fetch(&service, with("/v1/chat", &[], "{}")).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_keyed_retries_with_cache_directives_make_one_call_per_key_in_every_round() {
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .idempotency_key_header(KeyHeader::Required)
+        .build()
+        .layer(inner);
+    const ROUNDS: usize = 300;
+    for round in 0..ROUNDS {
+        let key: &'static str = Box::leak(format!("round-{round}").into_boxed_str());
+        let tasks: Vec<_> = [
+            "no-store",
+            "no-cache",
+            "no-store",
+            "",
+            "no-cache, no-store",
+            "",
+        ]
+        .into_iter()
+        .map(|directive| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut headers = vec![("idempotency-key", key)];
+                if !directive.is_empty() {
+                    headers.push(("cache-control", directive));
+                }
+                fetch(&service, with("/pay", &headers, "{}")).await
+            })
+        })
+        .collect();
+        let mut bodies = Vec::new();
+        for task in tasks {
+            let answer = task.await.unwrap();
+            assert_eq!(answer.status, 200, "round {round}");
+            bodies.push(answer.body);
+        }
+        assert!(bodies.iter().all(|b| b == &bodies[0]), "round {round}");
+        assert_eq!(calls.get(), round + 1, "one call for round {round}");
+    }
+}
