@@ -360,7 +360,7 @@ async fn a_wait_timeout_of_any_size_never_overflows_a_deadline() {
     // With a shared store, every miss computes a deadline from the wait
     // timeout: the largest one must not overflow the clock.
     let redis = crate::support::redis_server::RedisServer::start();
-    let store = tower_idempotency::RedisStore::builder(&redis.url())
+    let store = tower_idempotency::RedisStore::builder(redis.url())
         .connect()
         .await
         .expect("connect to the test redis");
