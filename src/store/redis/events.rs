@@ -4,8 +4,9 @@
 //! anywhere.
 //!
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
-//! may go through any node: it uses the first seed node that answers, and
-//! moves to the next when its node goes away. Messages sent while it moves
+//! may go through any node: it uses the first node that answers (the seeds
+//! given, then the nodes found at connect), and moves to the next when its
+//! node goes away. Messages sent while it moves
 //! are lost, so on every new subscription but the first the waiters look
 //! again and the L1 caches are cleared (an eviction may have been missed).
 

@@ -260,11 +260,14 @@ impl RedisStoreBuilder {
                 // PUBLISH reaches every node of a cluster: one subscription
                 // on any node hears them all, and any other will do when
                 // that one goes away.
-                let nodes = urls
+                let mut nodes = urls
                     .iter()
                     .map(|url| redis::Client::open(url.as_str()))
                     .collect::<Result<Vec<_>, _>>()?;
-                (Conn::Cluster(connection), nodes)
+                let mut cluster = connection;
+                let others = other_nodes(&mut cluster, &nodes, settings.connect_timeout).await;
+                nodes.extend(others);
+                (Conn::Cluster(cluster), nodes)
             }
         };
         let breakers = match &conn {
@@ -1198,19 +1201,62 @@ async fn cluster_primaries(
             redis::cmd("CLUSTER").arg("NODES").query_async(cluster),
         )
         .await?;
-    Ok(nodes
+    Ok(node_addresses(&nodes, true))
+}
+
+/// The addresses of the nodes a `CLUSTER NODES` reply lists as up: only
+/// the primaries, or every node.
+fn node_addresses(nodes: &str, primaries_only: bool) -> Vec<(String, u16)> {
+    nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") {
+            if (primaries_only && !flags.contains("master")) || flags.contains("fail") {
                 return None;
             }
             let address = fields.get(1)?.split(['@', ',']).next()?;
             let (host, port) = address.rsplit_once(':')?;
             Some((host.to_owned(), port.parse().ok()?))
         })
-        .collect())
+        .collect()
+}
+
+/// Clients for the cluster's other nodes, made like the first seed (its
+/// credentials and database), for the subscription to move to when every
+/// seed is gone. Plain TCP seeds only; otherwise the seeds alone.
+async fn other_nodes(
+    cluster: &mut ClusterConnection,
+    seeds: &[redis::Client],
+    timeout: Duration,
+) -> Vec<redis::Client> {
+    use redis::ConnectionAddr;
+
+    let Some(first) = seeds.first().map(redis::Client::get_connection_info) else {
+        return Vec::new();
+    };
+    if !matches!(first.addr(), ConnectionAddr::Tcp(..)) {
+        return Vec::new();
+    }
+    let mut command = redis::cmd("CLUSTER");
+    command.arg("NODES");
+    let nodes = command.query_async::<String>(cluster);
+    let Ok(Ok(nodes)) = tokio::time::timeout(timeout, nodes).await else {
+        return Vec::new();
+    };
+    node_addresses(&nodes, false)
+        .into_iter()
+        .filter(|(host, port)| {
+            !seeds.iter().any(|seed| {
+                matches!(seed.get_connection_info().addr(),
+                    ConnectionAddr::Tcp(h, p) if h == host && p == port)
+            })
+        })
+        .filter_map(|(host, port)| {
+            let info = first.clone().set_addr(ConnectionAddr::Tcp(host, port));
+            redis::Client::open(info).ok()
+        })
+        .collect()
 }
 
 /// The namespace's tag in key names: 16 hex digits of its SHA-256, so any
