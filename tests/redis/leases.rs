@@ -159,3 +159,71 @@ async fn an_answer_that_is_not_stored_releases_the_waiters_elsewhere_at_once() {
         "the last waiter answered {last:?} after the start (calls take {CALL:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_never_outlive_their_leaders_over_many_rounds() {
+    const ROUNDS: usize = 240;
+    const AT_ONCE: usize = 24;
+    let server = RedisServer::start();
+    // What the upstream does depends on the round: answer, fail, panic, or
+    // answer slowly to a caller that hangs up.
+    let (inner, _) = upstream(|seen: Seen| async move {
+        let round: usize = std::str::from_utf8(&seen.body).unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match round % 4 {
+            0 => respond(200, format!("round {round}")),
+            1 => respond(500, format!("round {round} failed")),
+            2 => panic!("round {round} panicked"),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                respond(200, format!("round {round}"))
+            }
+        }
+    });
+    let a = instance(store(&server.url())).await.layer(inner.clone());
+    let b = instance(store(&server.url())).await.layer(inner);
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    for batch in (0..ROUNDS).collect::<Vec<_>>().chunks(AT_ONCE) {
+        let mut waiters = Vec::new();
+        for &round in batch {
+            let body: &'static str = Box::leak(round.to_string().into_boxed_str());
+            let leader = tokio::spawn({
+                let a = a.clone();
+                async move { fetch(&a, post("/", body)).await }
+            });
+            if round % 4 == 3 {
+                // The leader's caller hangs up; its call goes on.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                leader.abort();
+            }
+            let b = b.clone();
+            let slowest = Arc::clone(&slowest);
+            waiters.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let started = Instant::now();
+                // A waiter of a panicking round panics in turn when it goes
+                // through itself: what matters is that it is not stuck.
+                let waited = tokio::spawn(async move { fetch(&b, post("/", body)).await });
+                let done = timeout(Duration::from_secs(3), waited).await;
+                let took = started.elapsed();
+                let mut slowest = slowest.lock().unwrap();
+                *slowest = (*slowest).max(took);
+                assert!(done.is_ok(), "round {round}: the waiter was stuck");
+            }));
+        }
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+    }
+    let leases = || server.cli(&["--scan", "--pattern", "tidem:*:lease"]);
+    let mut left = leases();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = leases();
+    }
+    assert!(left.is_empty(), "leases left behind: {left}");
+    eprintln!("slowest waiter: {:?}", slowest.lock().unwrap());
+}
