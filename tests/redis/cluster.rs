@@ -192,6 +192,37 @@ async fn purges_and_refreshes_reach_every_instance_after_the_subscribers_node_di
     eprintln!("b's L1 was evicted {purged_after:?} after the purge");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_every_instance_when_the_subscribers_node_hangs() {
+    let cluster = RedisCluster::start_partial_coverage();
+    let (inner, calls) = numbered();
+    let a = instance(&cluster).await;
+    let b = instance(&cluster).await;
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let request = post("/", body_away_from(&cluster, &a, 0).await);
+    fetch(&service_a, request.clone()).await;
+    fetch(&service_b, request.clone()).await;
+    assert_eq!(calls.get(), 1);
+
+    // Paused, node 0 keeps b's subscription open but delivers nothing.
+    cluster.node(0).pause();
+    a.purge(&key_of(&a, &request).await).await;
+    let started = Instant::now();
+    let evicted = timeout(Duration::from_secs(5), async {
+        while b.l1_usage().await.0 > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    cluster.node(0).resume();
+    assert!(
+        evicted.is_ok(),
+        "b's L1 kept a purged entry while its subscription's node hung"
+    );
+    eprintln!("b's L1 was evicted {took:?} after the purge, its node hanging");
+}
+
 /// Sends every body in `bodies` to each of `services` at once; returns the
 /// upstream calls each body cost.
 async fn round<S: TestService + Sync>(

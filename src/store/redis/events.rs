@@ -6,7 +6,7 @@
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
 //! may go through any node: it uses the first node that answers (the seeds
 //! given, then the nodes found at connect), and moves to the next when its
-//! node goes away. Messages sent while it moves
+//! node goes away or stops answering its pings. Messages sent while it moves
 //! are lost, so on every new subscription but the first the waiters look
 //! again and the L1 caches are cleared (an eviction may have been missed).
 
@@ -164,6 +164,9 @@ impl Event {
     }
 }
 
+/// How often an idle subscription checks that its node still answers.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Runs for the life of the store: subscribes through one of `nodes`,
 /// dispatches, and moves to the next node when the subscription breaks.
 pub(super) async fn subscribe(
@@ -195,9 +198,27 @@ pub(super) async fn subscribe(
                 }
                 subscribed_before = true;
                 drop(store);
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)).await
-                {
+                let (mut sink, mut messages) = pubsub.split();
+                // A node that hangs (paused, partitioned) ends no stream: a
+                // ping it does not answer in time moves the subscription on.
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let next = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
+                    let message = tokio::select! {
+                        message = next => message,
+                        _ = heartbeat.tick() => {
+                            let ping = sink.ping::<redis::Value>();
+                            match tokio::time::timeout(timeout, ping).await {
+                                Ok(Ok(_)) => continue,
+                                _ => {
+                                    tracing::debug!("redis subscription on {channel} stopped answering");
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    let Some(message) = message else { break };
                     let Some(store) = inner.upgrade() else { return };
                     match Event::decode(message.get_payload_bytes()) {
                         Some(event) => store.dispatch(event).await,
