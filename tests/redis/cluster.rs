@@ -189,6 +189,13 @@ async fn purges_and_refreshes_reach_every_instance_after_the_subscribers_node_di
         &seen[..seen.len().min(3)]
     );
     assert_eq!(calls.get(), 3);
+
+    // A namespace purge names no key: it must find a node that is up.
+    for _ in 0..5 {
+        assert_eq!(fetch(&service_b, request.clone()).await.status, 200);
+        a.purge_namespace("").await;
+        assert!(l1_emptied(&b).await, "a namespace purge did not reach b");
+    }
     eprintln!("b's L1 was evicted {purged_after:?} after the purge");
 }
 

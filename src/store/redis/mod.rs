@@ -653,24 +653,31 @@ impl RedisStore {
     }
 
     /// Deletes every entry of a namespace and clears every instance's L1.
+    /// A node that does not answer keeps its entries, but does not stop the
+    /// others' from being deleted nor the L1 caches from being cleared; the
+    /// error is returned after.
     pub(crate) async fn purge_namespace(&self, ns: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let mut deleted = 0;
-        for key in scan(inner, &format!("{}:{ns}:*", inner.prefix)).await? {
+        let (keys, mut failed) = scan_reachable(inner, &format!("{}:{ns}:*", inner.prefix)).await;
+        for key in keys {
             // One key per command: in a cluster each may live in another slot.
             let mut unlink = redis::cmd("UNLINK");
             unlink.arg(&key);
-            let unlinked: i64 = inner
+            match inner
                 .run(
                     Some(&key),
                     inner.settings.write_timeout,
-                    unlink.query_async(&mut inner.conn.clone()),
+                    unlink.query_async::<i64>(&mut inner.conn.clone()),
                 )
-                .await?;
-            deleted += u64::try_from(unlinked).unwrap_or(0);
+                .await
+            {
+                Ok(unlinked) => deleted += u64::try_from(unlinked).unwrap_or(0),
+                Err(error) => failed = failed.or(Some(error)),
+            }
         }
         inner.publish(Event::PurgedNamespace, None).await?;
-        Ok(deleted)
+        failed.map_or(Ok(deleted), Err)
     }
 
     /// Operations that failed or timed out.
@@ -993,7 +1000,26 @@ impl Inner {
                 .await
                 .map(drop)
             }
-            _ => self
+            (Conn::Cluster(cluster), None) => {
+                // Any node will do: try a few, in case one is down.
+                let mut result = Ok(());
+                for _ in 0..3 {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                    result = self
+                        .run(
+                            None,
+                            self.settings.write_timeout,
+                            cluster.clone().route_command(publish.clone(), routing),
+                        )
+                        .await
+                        .map(drop);
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                result
+            }
+            (Conn::Single(_), _) => self
                 .run(
                     None,
                     self.settings.write_timeout,
@@ -1133,57 +1159,80 @@ async fn flush_periodically(inner: std::sync::Weak<Inner>) {
 /// Every key matching `pattern`: `SCAN` on the single node, or on every
 /// primary of a cluster.
 async fn scan(inner: &Inner, pattern: &str) -> Result<Vec<String>, StoreError> {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    match scan_reachable(inner, pattern).await {
+        (found, None) => Ok(found),
+        (_, Some(error)) => Err(error),
+    }
+}
 
+/// [`scan`] on every node that answers, and the first error met on those
+/// that do not.
+async fn scan_reachable(inner: &Inner, pattern: &str) -> (Vec<String>, Option<StoreError>) {
+    let mut failed = None;
+    let mut found = Vec::new();
     let nodes = match &inner.conn {
         Conn::Single(_) => vec![None],
-        Conn::Cluster(cluster) => cluster_primaries(inner, &mut cluster.clone())
-            .await?
-            .into_iter()
-            .map(Some)
-            .collect(),
+        Conn::Cluster(cluster) => match cluster_primaries(inner, &mut cluster.clone()).await {
+            Ok(nodes) => nodes.into_iter().map(Some).collect(),
+            Err(error) => return (found, Some(error)),
+        },
     };
-    let mut found = Vec::new();
     for node in nodes {
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
-                (Some((host, port)), Conn::Cluster(cluster)) => {
-                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    });
-                    let value = inner
-                        .run(
-                            None,
-                            inner.settings.write_timeout,
-                            cluster.clone().route_command(scan, routing),
-                        )
-                        .await?;
-                    redis::from_redis_value(value)
-                        .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
-                }
-                _ => {
-                    inner
-                        .run(
-                            None,
-                            inner.settings.write_timeout,
-                            scan.query_async(&mut inner.conn.clone()),
-                        )
-                        .await?
-                }
-            };
-            found.extend(keys);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        match scan_node(inner, node, pattern).await {
+            Ok(keys) => found.extend(keys),
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    (found, failed)
+}
+
+/// [`scan`] on one node (`None`: the single node).
+async fn scan_node(
+    inner: &Inner,
+    node: Option<(String, u16)>,
+    pattern: &str,
+) -> Result<Vec<String>, StoreError> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500);
+        let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
+            (Some((host, port)), Conn::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = inner
+                    .run(
+                        None,
+                        inner.settings.write_timeout,
+                        cluster.clone().route_command(scan, routing),
+                    )
+                    .await?;
+                redis::from_redis_value(value)
+                    .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
             }
+            _ => {
+                inner
+                    .run(
+                        None,
+                        inner.settings.write_timeout,
+                        scan.query_async(&mut inner.conn.clone()),
+                    )
+                    .await?
+            }
+        };
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
         }
     }
     Ok(found)
