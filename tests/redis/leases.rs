@@ -154,6 +154,9 @@ async fn an_answer_that_is_not_stored_releases_the_waiters_elsewhere_at_once() {
     // Together, not one after another behind a lease: all within one more
     // call after the leader's (serialised, the last would need three).
     let last = finished.lock().unwrap().iter().copied().max().unwrap();
+    eprintln!(
+        "the last of {WAITERS} waiters answered {last:?} after the start (calls take {CALL:?})"
+    );
     assert!(
         last < CALL * 2 + Duration::from_millis(300),
         "the last waiter answered {last:?} after the start (calls take {CALL:?})"
