@@ -231,12 +231,7 @@ impl Engine {
     pub(crate) fn new(config: Config) -> Self {
         let l1 = MemoryStore::new(config.l1_capacity);
         #[cfg(feature = "redis")]
-        let l2 = {
-            if let Some(redis) = &config.redis {
-                redis.attach(l1.clone());
-            }
-            L2::new(config.redis.clone())
-        };
+        let l2 = L2::new(config.redis.clone(), &l1);
         #[cfg(not(feature = "redis"))]
         let l2 = L2::new();
         Self {
@@ -647,6 +642,14 @@ impl Engine {
             let notified = watch.notify().notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
+            // The call we waited for ended without storing its answer: go
+            // through now, alongside every other waiter, rather than claim
+            // the key one after another.
+            if watch.passed() {
+                return self
+                    .call_upstream(leader, job, None, parts, body, upstream)
+                    .await;
+            }
             match self.l2.lookup(&job.ns, &job.key).await {
                 Lookup::Hit(record) if self.fits(&job, &record, &parts.headers) => {
                     self.l1.insert(job.key, Arc::clone(&record)).await;

@@ -7,9 +7,12 @@ use std::{sync::Arc, time::Duration};
 use crate::{key::Key, record::Record};
 
 #[cfg(feature = "redis")]
-use super::redis::RedisStore;
-#[cfg(feature = "redis")]
 pub(crate) use super::redis::{Lease, Renewal, Watch};
+#[cfg(feature = "redis")]
+use super::{
+    redis::{L1Subscription, RedisStore},
+    MemoryStore,
+};
 
 #[cfg(not(feature = "redis"))]
 pub(crate) use disabled::{Lease, Renewal, Watch};
@@ -46,12 +49,20 @@ pub(crate) enum Lookup {
 pub(crate) struct L2 {
     #[cfg(feature = "redis")]
     redis: Option<RedisStore>,
+    /// Keeps `l1` subscribed to purges and refreshes made anywhere, for as
+    /// long as the engine lives.
+    #[cfg(feature = "redis")]
+    _subscription: Option<Arc<L1Subscription>>,
 }
 
 #[cfg(feature = "redis")]
 impl L2 {
-    pub(crate) fn new(redis: Option<RedisStore>) -> Self {
-        Self { redis }
+    pub(crate) fn new(redis: Option<RedisStore>, l1: &MemoryStore) -> Self {
+        let _subscription = redis.as_ref().map(|redis| redis.attach(l1.clone()));
+        Self {
+            redis,
+            _subscription,
+        }
     }
 
     /// The namespace's tag in the store's key names.
@@ -169,6 +180,9 @@ mod disabled {
     pub(crate) enum Watch {}
     impl Watch {
         pub(crate) fn notify(&self) -> &tokio::sync::Notify {
+            match *self {}
+        }
+        pub(crate) fn passed(&self) -> bool {
             match *self {}
         }
     }

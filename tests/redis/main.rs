@@ -7,6 +7,8 @@ mod support;
 mod cluster;
 mod faults;
 mod key_header;
+mod leases;
+mod limits;
 mod sharing;
 
 use std::time::Duration;

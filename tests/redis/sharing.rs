@@ -365,3 +365,64 @@ async fn past_the_wait_deadline_requests_go_through_or_get_409_in_strict_mode() 
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(lenient.stats().wait_timeouts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_layers_release_their_l1() {
+    let server = RedisServer::start();
+    let redis = store(&server.url()).connect().await.unwrap();
+    let (inner, _) = numbered();
+    let live = IdempotencyLayer::builder().redis(redis.clone()).build();
+    for i in 0..100 {
+        // Hot reloads, per-tenant layers: each gets its L1, then goes away.
+        let layer = IdempotencyLayer::builder().redis(redis.clone()).build();
+        let body: &'static str = Box::leak(format!("prompt {i}").into_boxed_str());
+        fetch(&layer.layer(inner.clone()), post("/", body)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || redis.l1_subscribers() == 1).await,
+        "{} L1 caches are still held for 1 live layer",
+        redis.l1_subscribers()
+    );
+
+    // The live layer still hears purges from elsewhere.
+    let request = post("/", "kept");
+    fetch(&live.layer(inner.clone()), request.clone()).await;
+    let other = IdempotencyLayer::builder().redis(redis.clone()).build();
+    other.purge(&key_of(&live, &request).await).await;
+    assert!(l1_emptied(&live).await);
+    drop((live, other));
+    assert!(eventually(Duration::from_secs(2), || redis.l1_subscribers() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_evicts_the_entry_from_every_instances_l1() {
+    let server = RedisServer::start();
+    let (inner, calls) = numbered();
+    let a = instance(store(&server.url())).await.layer(inner.clone());
+    let b = instance(store(&server.url())).await.layer(inner);
+    let request = post("/", "q");
+    fetch(&a, request.clone()).await;
+    assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
+
+    let mut refresh = request.clone();
+    refresh
+        .headers_mut()
+        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+    assert_eq!(&fetch(&a, refresh).await.body[..], b"answer #2");
+    assert_eq!(calls.get(), 2);
+    // b's L1 held the old answer: the refresh evicts it there too.
+    let mut seen = Vec::new();
+    let fresh = timeout(Duration::from_secs(2), async {
+        loop {
+            let answer = fetch(&b, request.clone()).await;
+            if &answer.body[..] == b"answer #2" {
+                return;
+            }
+            seen.push(answer.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(fresh.is_ok(), "b kept answering the old entry: {seen:?}");
+    assert_eq!(calls.get(), 2, "b read the fresh answer from redis");
+}

@@ -73,7 +73,7 @@ async fn instance(url: &str) -> IdempotencyLayer {
         .l1_capacity(L1_BUDGET)
         .max_request_body(MAX_REQUEST_BODY)
         .max_response_body(2 << 20)
-        .wait_timeout(Duration::from_secs(5))
+        .wait_timeout(Duration::from_secs(2))
         .build()
 }
 
@@ -112,7 +112,7 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
     let started = Instant::now();
 
     let server = Arc::new(RedisServer::start());
-    let (inner, ledger) = upstream::service();
+    let (inner, ledger, unstick) = upstream::service();
     let a = instance(&server.url()).await;
     let b = instance(&server.url()).await;
     let services = [a.layer(inner.clone()), b.layer(inner)];
@@ -166,6 +166,8 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
     let chaos = tokio::task::spawn_blocking(move || chaos.join().expect("chaos thread"))
         .await
         .unwrap();
+    // The stuck upstream calls answer now: their flights end, their leases go.
+    unstick.send_replace(true);
 
     // No leftovers once the traffic stops.
     let idle = settles(Duration::from_secs(5), || async {
@@ -177,6 +179,13 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
     })
     .await;
     let alive_tasks = metrics.num_alive_tasks();
+    let leases_gone = settles(Duration::from_secs(5), || async {
+        server
+            .cli(&["--scan", "--pattern", "tidem:*:lease"])
+            .trim()
+            .is_empty()
+    })
+    .await;
     let mut l1 = [(0, 0); 2];
     for (usage, layer) in l1.iter_mut().zip([&a, &b]) {
         *usage = layer.l1_usage().await;
@@ -224,6 +233,7 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
     let summary = format!(
         "soak: {} s, {} requests ({} completed, {} cancelled, {} MiB), {} upstream calls \
          ({} distinct cacheable, {} uncacheable requests), hits {} (l1 {}, l2 {}), coalesced {}, \
+         {} stuck given up, {} upstream failures passed through, \
          chaos {} pauses + {} kills, store errors {}, breaker skips {}, wait timeouts {}",
         traffic_took.as_secs(),
         total_requests,
@@ -237,6 +247,8 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
         sa.hits.l1 + sb.hits.l1,
         sa.hits.l2 + sb.hits.l2,
         sa.coalesced + sb.coalesced,
+        tally.gave_up.load(Ordering::Relaxed),
+        tally.upstream_failures.load(Ordering::Relaxed),
         chaos.pauses,
         chaos.kills,
         sa.store.errors + sb.store.errors,
@@ -284,6 +296,11 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
         "flights left in progress: {} and {}",
         a.in_flight(),
         b.in_flight()
+    );
+    assert!(
+        leases_gone,
+        "leases left in redis: {}",
+        server.cli(&["--scan", "--pattern", "tidem:*:lease"])
     );
     assert!(
         tasks_back,

@@ -77,7 +77,11 @@ impl Call {
     /// Whether the layer may store the answer: a body it reads whole, and a
     /// response under the response limit.
     pub fn cacheable(&self) -> bool {
-        self.body.len() <= MAX_REQUEST_BODY && Shape::of(&self.path) != Shape::Huge
+        self.body.len() <= MAX_REQUEST_BODY
+            && matches!(
+                Shape::of(&self.path),
+                Shape::Plain | Shape::Streamed | Shape::Big
+            )
     }
 }
 
@@ -87,6 +91,10 @@ pub struct Tally {
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Requests to a stuck upstream the client stopped waiting for.
+    pub gave_up: AtomicU64,
+    /// Upstream failures passed through as they came.
+    pub upstream_failures: AtomicU64,
     pub hits: AtomicU64,
     pub collapsed: AtomicU64,
     pub bytes: AtomicU64,
@@ -262,7 +270,7 @@ fn pick(dice: &mut Dice, catalogue: &Catalogue, client: usize, step: u64) -> (Ca
                 Mode::Cancel(Duration::from_millis(dice.below(40) as u64)),
             )
         }
-        _ => (
+        92..=95 => (
             Call::new(
                 "POST",
                 "/v1/stream",
@@ -271,6 +279,31 @@ fn pick(dice: &mut Dice, catalogue: &Catalogue, client: usize, step: u64) -> (Ca
                 Bytes::from(format!(r#"{{"abandon":"{fresh}"}}"#)),
             ),
             Mode::FirstChunkOnly,
+        ),
+        // A few keys whose upstream call never answers while the traffic
+        // runs: duplicates on the other instance wait on the lease until
+        // their wait deadline, then go through (and hang too).
+        96 => (
+            Call::new(
+                "POST",
+                "/v1/stuck",
+                tenant,
+                json,
+                Bytes::from(format!(r#"{{"stuck":{}}}"#, dice.below(3))),
+            ),
+            Mode::GiveUp(STUCK_PATIENCE),
+        ),
+        // An upstream that fails after a delay: never stored, so waiters
+        // elsewhere go through at once.
+        _ => (
+            Call::new(
+                "POST",
+                "/v1/failing",
+                tenant,
+                json,
+                Bytes::from(format!(r#"{{"failing":{}}}"#, dice.below(5))),
+            ),
+            Mode::Whole,
         ),
     };
     (call, mode)
@@ -287,7 +320,14 @@ enum Mode {
     Cancel(Duration),
     /// Read the head and one chunk, check them, drop the rest.
     FirstChunkOnly,
+    /// A request that cannot complete during the traffic: stop waiting
+    /// after this long.
+    GiveUp(Duration),
 }
+
+/// How long a client waits for a stuck upstream: past the instances' wait
+/// deadline, so that waiters on the other instance have gone through.
+const STUCK_PATIENCE: Duration = Duration::from_millis(2_500);
 
 /// Sends `call` through `service` and checks the answer.
 async fn send<S, B>(service: S, call: Call, tally: Arc<Tally>, whole: bool)
@@ -304,8 +344,12 @@ where
             Err(error) => return Err(format!("service error {error:?}")),
         };
         let (parts, mut body) = response.into_parts();
-        if !parts.status.is_success() {
+        let shape = Shape::of(&call.path);
+        if parts.status.as_u16() != shape.status() {
             return Err(format!("status {}", parts.status));
+        }
+        if !parts.status.is_success() {
+            tally.upstream_failures.fetch_add(1, Ordering::Relaxed);
         }
         let status = parts
             .headers
@@ -389,6 +433,7 @@ pub async fn client<S, B>(
 {
     let mut dice = Dice(seed);
     let mut step = 0;
+    let mut given_up = Vec::new();
     while Instant::now() < deadline {
         step += 1;
         let (call, mode) = pick(&mut dice, &catalogue, client, step);
@@ -407,6 +452,18 @@ pub async fn client<S, B>(
                     task.await.unwrap();
                 }
             }
+            Mode::GiveUp(after) => {
+                // In the background: the client goes on meanwhile.
+                let tally = Arc::clone(&tally);
+                given_up.push(tokio::spawn(async move {
+                    let answered =
+                        tokio::time::timeout(after, send(service, call, Arc::clone(&tally), true))
+                            .await;
+                    if answered.is_err() {
+                        tally.gave_up.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
             Mode::Cancel(after) => {
                 let task = tokio::spawn(send(service, call, Arc::clone(&tally), true));
                 tokio::time::sleep(after).await;
@@ -418,5 +475,8 @@ pub async fn client<S, B>(
             }
         }
         tokio::time::sleep(Duration::from_millis(dice.below(8) as u64)).await;
+    }
+    for task in given_up {
+        task.await.unwrap();
     }
 }

@@ -10,6 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::support::{channel_body, full, upstream, Seen, TestBody, TestService};
 
@@ -39,6 +40,11 @@ pub enum Shape {
     Big,
     /// 3 MiB, over the response limit: reaches the caller, never stored.
     Huge,
+    /// A small body, but only once the traffic has stopped: until then the
+    /// call never answers.
+    Stuck,
+    /// A 503 after a delay: passed through, never stored.
+    Failing,
 }
 
 impl Shape {
@@ -47,6 +53,8 @@ impl Shape {
             "/v1/stream" => Shape::Streamed,
             "/v1/big" => Shape::Big,
             "/v1/huge" => Shape::Huge,
+            "/v1/stuck" => Shape::Stuck,
+            "/v1/failing" => Shape::Failing,
             _ => Shape::Plain,
         }
     }
@@ -57,7 +65,8 @@ impl Shape {
         let head = Bytes::from(format!("digest={hex}\n"));
         let filler = |len: usize| Bytes::from(hex.as_bytes().repeat(len / 64));
         match self {
-            Shape::Plain => vec![head, filler(256)],
+            Shape::Plain | Shape::Stuck => vec![head, filler(256)],
+            Shape::Failing => vec![Bytes::from(format!("failed digest={hex}\n"))],
             Shape::Streamed => std::iter::once(head)
                 .chain((0..7).map(|_| filler(2048)))
                 .collect(),
@@ -70,6 +79,14 @@ impl Shape {
 
     pub fn body(self, digest: &[u8; 32]) -> Bytes {
         Bytes::from(self.chunks(digest).concat())
+    }
+
+    /// The status the upstream answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            Shape::Failing => 503,
+            _ => 200,
+        }
     }
 }
 
@@ -87,12 +104,15 @@ impl Ledger {
     }
 }
 
-/// The upstream service, and the ledger of its calls.
-pub fn service() -> (impl TestService, Ledger) {
+/// The upstream service, the ledger of its calls, and the switch that lets
+/// stuck calls answer (`send(true)` once the traffic has stopped).
+pub fn service() -> (impl TestService, Ledger, watch::Sender<bool>) {
     let ledger = Ledger::default();
     let seen_by = ledger.clone();
+    let (unstick, stuck) = watch::channel(false);
     let (service, _calls) = upstream(move |seen: Seen| {
         let ledger = seen_by.clone();
+        let mut stuck = stuck.clone();
         async move {
             let path = seen
                 .head
@@ -111,8 +131,17 @@ pub fn service() -> (impl TestService, Ledger) {
             let shape = Shape::of(&path);
             // A little latency, so that duplicates overlap.
             tokio::time::sleep(Duration::from_millis(3)).await;
+            match shape {
+                Shape::Stuck => {
+                    let _ = stuck.wait_for(|unstuck| *unstuck).await;
+                }
+                Shape::Failing => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => {}
+            }
             let body: TestBody = match shape {
-                Shape::Plain | Shape::Big => full(shape.body(&digest)),
+                Shape::Plain | Shape::Big | Shape::Stuck | Shape::Failing => {
+                    full(shape.body(&digest))
+                }
                 Shape::Streamed | Shape::Huge => {
                     let (feed, body) = channel_body();
                     let chunks = shape.chunks(&digest);
@@ -126,11 +155,12 @@ pub fn service() -> (impl TestService, Ledger) {
                 }
             };
             let mut response = http::Response::new(body);
+            *response.status_mut() = http::StatusCode::from_u16(shape.status()).unwrap();
             response
                 .headers_mut()
                 .insert("content-type", "text/plain".parse().unwrap());
             response
         }
     });
-    (service, ledger)
+    (service, ledger, unstick)
 }

@@ -328,22 +328,143 @@ impl RedisCluster {
     /// `redis-cli --cluster create` fails, or if the cluster is not ready
     /// within 30 s.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..CLUSTER_SIZE)
-            .map(|_| RedisServer::start_with(CLUSTER_NODE_ARGS, PortKind::ClusterNode))
+        Self::start_with(0, &[])
+    }
+
+    /// Three masters, each with one replica, that keep serving the slots of
+    /// the masters still up when one is gone (`cluster-require-full-coverage
+    /// no`), and declare a silent node failed after `node_timeout`. Nodes
+    /// `0..3` are the masters, node `3 + i` replicates node `i`; waits until
+    /// every replica has synced with its master.
+    pub fn start_with_replicas(node_timeout: Duration) -> RedisCluster {
+        let timeout = node_timeout.as_millis().to_string();
+        Self::start_with(
+            1,
+            &[
+                "--cluster-node-timeout",
+                &timeout,
+                "--cluster-require-full-coverage",
+                "no",
+                "--cluster-replica-validity-factor",
+                "0",
+            ],
+        )
+    }
+
+    /// Three masters that keep serving their slots when another master is
+    /// gone (`cluster-require-full-coverage no`).
+    pub fn start_partial_coverage() -> RedisCluster {
+        Self::start_with(0, &["--cluster-require-full-coverage", "no"])
+    }
+
+    fn start_with(replicas: usize, extra: &[&str]) -> RedisCluster {
+        let mut args: Vec<&str> = CLUSTER_NODE_ARGS.to_vec();
+        args.extend_from_slice(extra);
+        let nodes: Vec<RedisServer> = (0..CLUSTER_SIZE * (1 + replicas))
+            .map(|_| RedisServer::start_with(&args, PortKind::ClusterNode))
             .collect();
 
         let addresses: Vec<String> = nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
+        let replicas_arg = replicas.to_string();
         let mut args = vec!["--cluster", "create"];
         args.extend(addresses.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        args.extend(["--cluster-replicas", &replicas_arg, "--cluster-yes"]);
         redis_cli(&args);
 
         let cluster = RedisCluster { nodes };
         cluster.wait_until_ready();
+        if replicas > 0 {
+            cluster.pair_replicas();
+        }
         cluster
+    }
+
+    /// Makes node `3 + i` the replica of node `i` (`redis-cli` pairs them
+    /// its own way), and waits until every replica has synced.
+    fn pair_replicas(&self) {
+        for i in 0..CLUSTER_SIZE {
+            let id = self.nodes[i].cli(&["CLUSTER", "MYID"]);
+            let replica = &self.nodes[CLUSTER_SIZE + i];
+            let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+            let master_port = format!("master_port:{}", self.nodes[i].port());
+            loop {
+                let info = replica.cli(&["INFO", "replication"]);
+                let paired = info.lines().any(|l| l.trim() == master_port);
+                if paired && info.lines().any(|l| l.trim() == "master_link_status:up") {
+                    break;
+                }
+                let answer = if paired {
+                    String::new()
+                } else {
+                    replica.cli(&["CLUSTER", "REPLICATE", &id])
+                };
+                assert!(
+                    Instant::now() < deadline,
+                    "replica on port {} did not sync with its master: {answer}\n{info}\n{}",
+                    replica.port(),
+                    log_tail(&replica.dir().join(LOG_FILE), 0)
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of any live node).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        for node in &self.nodes {
+            if let Ok(slot) = request(
+                node.port(),
+                &format!("CLUSTER KEYSLOT {key}"),
+                Duration::from_secs(1),
+            ) {
+                if let Ok(slot) = slot.parse() {
+                    return slot;
+                }
+            }
+        }
+        panic!("no node answered CLUSTER KEYSLOT");
+    }
+
+    /// The index of the node serving `slot` as a master now, as node `asked`
+    /// sees it (`CLUSTER NODES`).
+    pub fn master_of(&self, slot: u16, asked: usize) -> usize {
+        self.slot_owners(asked)
+            .into_iter()
+            .find(|(range, _)| range.contains(&slot))
+            .map(|(_, node)| node)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// Which node serves which slots as a master, as node `asked` sees it
+    /// (`CLUSTER NODES`; nodes flagged as failing are left out).
+    pub fn slot_owners(&self, asked: usize) -> Vec<(std::ops::RangeInclusive<u16>, usize)> {
+        let nodes = self.nodes[asked].cli(&["CLUSTER", "NODES"]);
+        let mut owners = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let Some(node) = fields[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|address| address.rsplit_once(':'))
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .and_then(|port| self.nodes.iter().position(|node| node.port() == port))
+            else {
+                continue;
+            };
+            for range in &fields[8..] {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(start), Ok(end)) = (start.parse::<u16>(), end.parse::<u16>()) {
+                    owners.push((start..=end, node));
+                }
+            }
+        }
+        owners
     }
 
     /// The connection URLs of all nodes, `redis://127.0.0.1:PORT/` each.
@@ -356,7 +477,7 @@ impl RedisCluster {
         &self.nodes
     }
 
-    /// Node `i` (`0..3`).
+    /// Node `i` (`0..3`, or `0..6` with replicas).
     ///
     /// # Panics
     ///
@@ -369,7 +490,7 @@ impl RedisCluster {
     /// `cluster_state:ok` and `cluster_known_nodes:3`.
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
-        let known_nodes = format!("cluster_known_nodes:{CLUSTER_SIZE}");
+        let known_nodes = format!("cluster_known_nodes:{}", self.nodes.len());
         for node in &self.nodes {
             loop {
                 let info = request(node.port(), "CLUSTER INFO", Duration::from_secs(1))

@@ -1,9 +1,75 @@
-//! A circuit breaker: after repeated failures, stop asking Redis for a while.
+//! Circuit breakers: after repeated failures, stop asking Redis for a while.
+//!
+//! A single node has one breaker. A cluster has one per range of slots, so a
+//! failing node stops only the keys it owns: the 16384 slots fall into
+//! [`BUCKETS`] ranges of [`SLOTS_PER_BUCKET`], small enough that a range lies
+//! within one node's share in all but a few boundary cases, without knowing
+//! the cluster's topology. Operations that name no key (a publish, a scan)
+//! have a breaker of their own.
 
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// How many slot ranges of a cluster have a breaker of their own.
+pub(super) const BUCKETS: usize = 1024;
+/// Slots per range: 16384 slots in [`BUCKETS`] ranges.
+pub(super) const SLOTS_PER_BUCKET: u16 = 16;
+
+/// The breakers of one store: one for a single node; for a cluster, one per
+/// range of slots and one for operations that name no key.
+pub(super) enum Breakers {
+    Single(Breaker),
+    Slots {
+        ranges: Box<[Breaker]>,
+        unkeyed: Breaker,
+    },
+}
+
+impl Breakers {
+    pub(super) fn single(threshold: u32, cooldown: Duration) -> Self {
+        Self::Single(Breaker::new(threshold, cooldown))
+    }
+
+    pub(super) fn per_slot_range(threshold: u32, cooldown: Duration) -> Self {
+        Self::Slots {
+            ranges: (0..BUCKETS)
+                .map(|_| Breaker::new(threshold, cooldown))
+                .collect(),
+            unkeyed: Breaker::new(threshold, cooldown),
+        }
+    }
+
+    /// The breaker guarding operations on the Redis key `name` (`None`: an
+    /// operation that names no key).
+    pub(super) fn for_key(&self, name: Option<&str>) -> &Breaker {
+        match (self, name) {
+            (Self::Single(breaker), _) => breaker,
+            (Self::Slots { unkeyed, .. }, None) => unkeyed,
+            (Self::Slots { ranges, .. }, Some(name)) => {
+                &ranges[usize::from(slot(name.as_bytes()) / SLOTS_PER_BUCKET)]
+            }
+        }
+    }
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of
+/// the whole key when it has none, modulo 16384.
+pub(super) fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
 
 /// Closed: every operation goes to Redis. Open: none does until the cool-down
 /// ends. Then one probe goes; its success closes the breaker, its failure
@@ -58,7 +124,7 @@ impl Breaker {
             // not keep the breaker shut: another may go after a cool-down.
             State::Open { until } | State::Probing { since: until } if now >= until => {
                 *state = State::Probing {
-                    since: now + self.cooldown,
+                    since: self.after_cooldown(now),
                 };
                 true
             }
@@ -81,7 +147,7 @@ impl Breaker {
         match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => {
                 *state = State::Open {
-                    until: Instant::now() + self.cooldown,
+                    until: self.after_cooldown(Instant::now()),
                 };
                 Change::Opened
             }
@@ -97,11 +163,19 @@ impl Breaker {
             }
             State::Probing { .. } | State::Open { .. } => {
                 *state = State::Open {
-                    until: Instant::now() + self.cooldown,
+                    until: self.after_cooldown(Instant::now()),
                 };
                 Change::None
             }
         }
+    }
+
+    /// The end of a cool-down starting at `now`; a cool-down too long for
+    /// the clock ends in about a century.
+    fn after_cooldown(&self, now: Instant) -> Instant {
+        now.checked_add(self.cooldown)
+            .or_else(|| now.checked_add(CENTURY))
+            .unwrap_or(now)
     }
 
     #[cfg(test)]
@@ -131,6 +205,23 @@ mod tests {
         assert!(breaker.permit());
         assert_eq!(breaker.success(), Change::Recovered);
         assert!(breaker.permit() && !breaker.is_open());
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"123456789"), 12739);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}".as_slice()));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"), "an empty tag is no tag");
+    }
+
+    #[test]
+    fn a_cooldown_past_the_clock_does_not_panic() {
+        let breaker = Breaker::new(1, Duration::MAX);
+        assert_eq!(breaker.failure(), Change::Opened);
+        assert!(!breaker.permit());
     }
 
     #[test]

@@ -1,11 +1,23 @@
 //! Notifications: one pub/sub subscriber per store wakes local waiters when
-//! another instance completes a call, and evicts L1 entries purged anywhere.
+//! another instance completes a call, lets them through at once when its
+//! answer will not be stored, and evicts L1 entries purged or refreshed
+//! anywhere.
+//!
+//! A classic `PUBLISH` reaches every node of a cluster, so the subscription
+//! may go through any node: it uses the first node that answers (the seeds
+//! given, then the nodes found at connect), and moves to the next when its
+//! node goes away or stops answering its pings. Messages sent while it moves
+//! are lost, so on every new subscription but the first the waiters look
+//! again and the L1 caches are cleared (an eviction may have been missed).
 
 use std::{
     collections::HashMap,
     future::poll_fn,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError, Weak,
+    },
     time::Duration,
 };
 
@@ -22,6 +34,8 @@ pub(super) struct Waiters(Mutex<HashMap<Key, Slot>>);
 struct Slot {
     notify: Arc<Notify>,
     watchers: usize,
+    /// How many times a call for the key ended without storing an answer.
+    passes: Arc<AtomicU64>,
 }
 
 impl Waiters {
@@ -34,12 +48,24 @@ impl Waiters {
         let slot = map.entry(key).or_insert_with(|| Slot {
             notify: Arc::default(),
             watchers: 0,
+            passes: Arc::default(),
         });
         slot.watchers += 1;
         Watch {
             waiters: Arc::clone(self),
             key,
             notify: Arc::clone(&slot.notify),
+            seen: slot.passes.load(Relaxed),
+            passes: Arc::clone(&slot.passes),
+        }
+    }
+
+    /// The call for `key` ended without storing an answer: everyone waiting
+    /// for it goes through.
+    pub(super) fn pass(&self, key: &Key) {
+        if let Some(slot) = self.map().get(key) {
+            slot.passes.fetch_add(1, Relaxed);
+            slot.notify.notify_waiters();
         }
     }
 
@@ -62,6 +88,8 @@ pub(crate) struct Watch {
     waiters: Arc<Waiters>,
     key: Key,
     notify: Arc<Notify>,
+    passes: Arc<AtomicU64>,
+    seen: u64,
 }
 
 impl Watch {
@@ -70,6 +98,12 @@ impl Watch {
     /// message arriving in between is not lost.
     pub(crate) fn notify(&self) -> &Notify {
         &self.notify
+    }
+
+    /// Whether a call for the key ended without storing its answer since
+    /// this watch began: its waiters should not wait for another.
+    pub(crate) fn passed(&self) -> bool {
+        self.passes.load(Relaxed) != self.seen
     }
 }
 
@@ -88,8 +122,15 @@ impl Drop for Watch {
 /// What travels on the events channel.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Event {
-    /// A call for this key completed (stored or not): waiters look again.
+    /// A call for this key completed and its answer is stored: waiters
+    /// look again.
     Done(Key),
+    /// A call for this key ended without storing an answer (an error, an
+    /// answer not to be stored): waiters go through themselves.
+    Unstored(Key),
+    /// The entry was stored over an older one (a refresh) by the instance
+    /// named: every other instance evicts it from L1, waiters look again.
+    Replaced(Key, String),
     /// This entry was purged: evict it from L1.
     Purged(Key),
     /// This namespace was purged: evict L1 whole.
@@ -100,6 +141,8 @@ impl Event {
     pub(super) fn encode(&self) -> String {
         match self {
             Self::Done(key) => format!("d:{key}"),
+            Self::Unstored(key) => format!("u:{key}"),
+            Self::Replaced(key, origin) => format!("r:{key}:{origin}"),
             Self::Purged(key) => format!("p:{key}"),
             Self::PurgedNamespace => "n".to_owned(),
         }
@@ -110,21 +153,35 @@ impl Event {
         match text.split_once(':') {
             Some(("d", hex)) => Key::from_hex(hex).map(Self::Done),
             Some(("p", hex)) => Key::from_hex(hex).map(Self::Purged),
+            Some(("u", hex)) => Key::from_hex(hex).map(Self::Unstored),
+            Some(("r", rest)) => {
+                let (hex, origin) = rest.split_once(':')?;
+                Key::from_hex(hex).map(|key| Self::Replaced(key, origin.to_owned()))
+            }
             None if text == "n" => Some(Self::PurgedNamespace),
             _ => None,
         }
     }
 }
 
-/// Runs for the life of the store: subscribes, dispatches, reconnects.
+/// How often an idle subscription checks that its node still answers.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Runs for the life of the store: subscribes through one of `nodes`,
+/// dispatches, and moves to the next node when the subscription breaks.
 pub(super) async fn subscribe(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     channel: String,
     inner: Weak<Inner>,
     timeout: Duration,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut next = 0;
+    let mut subscribed_before = false;
     loop {
+        let Some(client) = nodes.get(next % nodes.len().max(1)) else {
+            return;
+        };
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -135,17 +192,40 @@ pub(super) async fn subscribe(
                 backoff = Duration::from_millis(50);
                 let Some(store) = inner.upgrade() else { return };
                 store.waiters.wake_all();
+                if subscribed_before {
+                    // Purges and refreshes sent meanwhile were missed.
+                    store.clear_l1();
+                }
+                subscribed_before = true;
                 drop(store);
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)).await
-                {
+                let (mut sink, mut messages) = pubsub.split();
+                // A node that hangs (paused, partitioned) ends no stream: a
+                // ping it does not answer in time moves the subscription on.
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let next = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
+                    let message = tokio::select! {
+                        message = next => message,
+                        _ = heartbeat.tick() => {
+                            let ping = sink.ping::<redis::Value>();
+                            match tokio::time::timeout(timeout, ping).await {
+                                Ok(Ok(_)) => continue,
+                                _ => {
+                                    tracing::debug!("redis subscription on {channel} stopped answering");
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    let Some(message) = message else { break };
                     let Some(store) = inner.upgrade() else { return };
                     match Event::decode(message.get_payload_bytes()) {
                         Some(event) => store.dispatch(event).await,
                         None => tracing::debug!("ignoring an unknown message on {channel}"),
                     }
                 }
-                tracing::debug!("redis subscription on {channel} ended; reconnecting");
+                tracing::debug!("redis subscription on {channel} ended; moving on");
             }
             Ok(Err(error)) => tracing::debug!(%error, "redis subscription failed; retrying"),
             Err(_) => tracing::debug!("redis subscription timed out; retrying"),
@@ -153,8 +233,12 @@ pub(super) async fn subscribe(
         if inner.strong_count() == 0 {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        next += 1;
+        // Try every node once quickly, then back off between rounds.
+        if next % nodes.len() == 0 {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
@@ -165,10 +249,24 @@ mod tests {
     #[test]
     fn events_round_trip_and_garbage_is_ignored() {
         let key = Key::from_bytes([7; 32]);
-        for event in [Event::Done(key), Event::Purged(key), Event::PurgedNamespace] {
+        for event in [
+            Event::Done(key),
+            Event::Unstored(key),
+            Event::Replaced(key, "a1b2c3".to_owned()),
+            Event::Purged(key),
+            Event::PurgedNamespace,
+        ] {
             assert_eq!(Event::decode(event.encode().as_bytes()), Some(event));
         }
-        for garbage in [&b""[..], b"d:", b"d:zz", b"x:00", b"\xff\xfe", b"n:extra"] {
+        for garbage in [
+            &b""[..],
+            b"d:",
+            b"d:zz",
+            b"x:00",
+            b"\xff\xfe",
+            b"n:extra",
+            b"r:00",
+        ] {
             assert_eq!(Event::decode(garbage), None);
         }
     }

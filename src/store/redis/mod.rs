@@ -10,8 +10,12 @@
 //! |---|---|---|
 //! | `tidem:<ns>:{<key>}` | hash | `r` the record, `hits`, `last_hit_at`, `created_at` (ms); expires with the entry |
 //! | `tidem:<ns>:{<key>}:lease` | string | the token of the instance calling upstream for this key |
-//! | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored` |
-//! | `tidem:events` | channel | completions (wake waiters) and purges (evict L1 everywhere) |
+//! | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored`; expires 30 days after the last flush |
+//! | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere) |
+//!
+//! Every key expires: an entry with its record (its time to live is at most
+//! ten years), a lease within its lease time, the counters a month after
+//! they last changed.
 //!
 //! # Round trips
 //!
@@ -25,7 +29,14 @@
 //! Every operation has a timeout. On error or timeout the request proceeds as
 //! if there were no L2; the error is counted and logged once per burst, and a
 //! circuit breaker stops trying for a while after repeated failures, then
-//! probes. Bytes under our keys that do not decode are a miss and a log line.
+//! probes. On a cluster there is a breaker per range of slots, so a failing
+//! node only affects the keys it owns. Bytes under our keys that do not
+//! decode are a miss and a log line.
+//!
+//! A lease is released on every path: by the store-and-release script when
+//! the call completes, else by the lease's own guard when it is dropped (a
+//! panic, a cancelled call, a look-up whose answer came too late), in a
+//! task of its own.
 
 mod breaker;
 mod events;
@@ -35,8 +46,8 @@ use std::{
     collections::HashMap,
     fmt,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError, Weak,
     },
     time::Duration,
 };
@@ -51,7 +62,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use self::{
-    breaker::{Breaker, Change},
+    breaker::{Breakers, Change},
     events::{Event, Waiters},
 };
 use super::{FleetCounter, Lookup, MemoryStore};
@@ -85,10 +96,12 @@ pub(super) struct Inner {
     conn: Conn,
     prefix: String,
     settings: Settings,
-    breaker: Breaker,
+    breakers: Breakers,
     waiters: Arc<Waiters>,
-    /// L1 caches to evict when a purge message arrives.
-    caches: Mutex<Vec<MemoryStore>>,
+    /// The L1 caches of the live layers on this store, evicted from when a
+    /// purge or a refresh message arrives. A layer's engine holds its
+    /// subscription: a dropped layer's L1 is not kept alive here.
+    subscribers: Mutex<Vec<Weak<L1Subscription>>>,
     pending: Pending,
     /// Held while counters are sent, so a reader that flushes first sees
     /// every count a concurrent flush took.
@@ -149,52 +162,60 @@ impl RedisStoreBuilder {
     }
 
     /// Timeout of each operation on a request's path (look-up, claim, lease
-    /// renewal). Default: 50 ms.
+    /// renewal). Default: 50 ms; kept within 1 ms and 10 minutes.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.settings.timeout = timeout;
+        self.settings.timeout = timeout.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
         self
     }
 
-    /// Timeout of writing a record, off every request's path. Default: 500 ms.
+    /// Timeout of writing a record, off every request's path. Default:
+    /// 500 ms; kept within 1 ms and 10 minutes.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.write_timeout = timeout;
+        self.settings.write_timeout = timeout.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
         self
     }
 
-    /// Timeout of establishing a connection. Default: 1 s.
+    /// Timeout of establishing a connection. Default: 1 s; kept within 1 ms
+    /// and 10 minutes.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
         self
     }
 
     /// How long a leader's claim on a key lasts without renewal. It is
     /// renewed every third of this while the call runs, so it only runs out
-    /// when the leader's process is gone; waiters elsewhere then take over.
-    /// Default: 10 s.
+    /// when the leader's process is gone (a leader that fails or panics
+    /// releases it at once); waiters elsewhere then take over.
+    /// Default: 10 s; kept within 100 ms and one day.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.settings.lease = lease;
+        self.settings.lease = lease.clamp(Duration::from_millis(100), DAY);
         self
     }
 
     /// How often a waiter looks again if no notification arrives (a lost
-    /// message, a broken subscription). Default: 500 ms.
+    /// message, a broken subscription). Default: 500 ms; kept within 10 ms
+    /// and one hour.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.settings.poll_interval = interval;
+        self.settings.poll_interval = interval.clamp(MIN_INTERVAL, HOUR);
         self
     }
 
     /// How often counters kept locally (L1 hits, fleet totals) are flushed to
-    /// Redis. Default: 1 s.
+    /// Redis. Default: 1 s; kept within 10 ms and one hour.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.settings.flush_interval = interval;
+        self.settings.flush_interval = interval.clamp(MIN_INTERVAL, HOUR);
         self
     }
 
     /// After `failures` consecutive failures, skip Redis for `cooldown`, then
-    /// probe. Default: 5 failures, 2 s.
+    /// probe. Default: 5 failures, 2 s. Zero failures counts as one; the
+    /// cool-down is at most one day.
+    ///
+    /// A single node has one breaker. A cluster has one per range of slots
+    /// (16 slots each): a failing node stops only the keys it owns.
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.settings.breaker_failures = failures;
-        self.settings.breaker_cooldown = cooldown;
+        self.settings.breaker_failures = failures.max(1);
+        self.settings.breaker_cooldown = cooldown.min(DAY);
         self
     }
 
@@ -202,7 +223,7 @@ impl RedisStoreBuilder {
     /// only make requests slower.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let settings = self.settings;
-        let (conn, events_client) = match &self.target {
+        let (conn, event_nodes) = match &self.target {
             Target::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
@@ -216,35 +237,52 @@ impl RedisStoreBuilder {
                 )
                 .await
                 .map_err(|_| StoreError::timeout())??;
-                (Conn::Single(manager), client)
+                (Conn::Single(manager), vec![client])
             }
             Target::Cluster(urls) => {
-                let first = urls
-                    .first()
-                    .ok_or_else(|| StoreError::config("no cluster node given"))?;
+                if urls.is_empty() {
+                    return Err(StoreError::config("no cluster node given"));
+                }
                 let client =
                     redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
                         .connection_timeout(settings.connect_timeout)
                         .response_timeout(settings.write_timeout.max(settings.timeout))
                         .retries(1)
+                        // A node that stays unreachable is dropped: the next
+                        // request for its slots reloads the topology, and
+                        // finds the replica that took over.
+                        .max_connection_attempts(std::num::NonZeroUsize::MIN.saturating_add(2))
                         .build()?;
                 let connection =
                     tokio::time::timeout(settings.connect_timeout, client.get_async_connection())
                         .await
                         .map_err(|_| StoreError::timeout())??;
                 // PUBLISH reaches every node of a cluster: one subscription
-                // on any node hears them all.
-                (
-                    Conn::Cluster(connection),
-                    redis::Client::open(first.as_str())?,
-                )
+                // on any node hears them all, and any other will do when
+                // that one goes away.
+                let mut nodes = urls
+                    .iter()
+                    .map(|url| redis::Client::open(url.as_str()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut cluster = connection;
+                let others = other_nodes(&mut cluster, &nodes, settings.connect_timeout).await;
+                nodes.extend(others);
+                (Conn::Cluster(cluster), nodes)
+            }
+        };
+        let breakers = match &conn {
+            Conn::Single(_) => {
+                Breakers::single(settings.breaker_failures, settings.breaker_cooldown)
+            }
+            Conn::Cluster(_) => {
+                Breakers::per_slot_range(settings.breaker_failures, settings.breaker_cooldown)
             }
         };
         let inner = Arc::new(Inner {
             conn,
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            breakers,
             waiters: Arc::default(),
-            caches: Mutex::default(),
+            subscribers: Mutex::default(),
             pending: Pending::default(),
             flushing: tokio::sync::Mutex::new(()),
             errors: AtomicU64::new(0),
@@ -257,7 +295,7 @@ impl RedisStoreBuilder {
             settings,
         });
         let subscriber = tokio::spawn(events::subscribe(
-            events_client,
+            event_nodes,
             inner.channel(),
             Arc::downgrade(&inner),
             inner.settings.connect_timeout,
@@ -301,9 +339,11 @@ impl RedisStore {
     pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
         self.inner.flush().await;
         let mut conn = self.inner.conn.clone();
+        let stats_key = self.inner.stats_key();
         let fields: HashMap<String, u64> = self
             .inner
             .run(
+                Some(&stats_key),
                 self.inner.settings.write_timeout,
                 redis::cmd("HGETALL")
                     .arg(self.inner.stats_key())
@@ -333,6 +373,7 @@ impl RedisStore {
         let (hits, last_hit_at, created_at): (Option<u64>, Option<u64>, Option<u64>) = self
             .inner
             .run(
+                Some(&names.entry),
                 self.inner.settings.write_timeout,
                 redis::cmd("HMGET")
                     .arg(&names.entry)
@@ -383,7 +424,11 @@ impl RedisStore {
                 Option<u64>,
                 Option<Vec<u8>>,
             ) = inner
-                .run(inner.settings.write_timeout, fields.query_async(&mut conn))
+                .run(
+                    Some(&name),
+                    inner.settings.write_timeout,
+                    fields.query_async(&mut conn),
+                )
                 .await?;
             let Some(created_at) = created_at else {
                 continue;
@@ -406,12 +451,25 @@ impl RedisStore {
         Ok(entries)
     }
 
-    pub(crate) fn attach(&self, cache: MemoryStore) {
-        self.inner
-            .caches
+    /// How many live layers' L1 caches this store evicts from on a purge or
+    /// a refresh elsewhere.
+    #[doc(hidden)]
+    pub fn l1_subscribers(&self) -> usize {
+        self.inner.subscribers().len()
+    }
+
+    /// Subscribes a layer's L1 to purges and refreshes made anywhere, for as
+    /// long as the returned subscription lives.
+    pub(crate) fn attach(&self, l1: MemoryStore) -> Arc<L1Subscription> {
+        let subscription = Arc::new(L1Subscription { l1 });
+        let mut subscribers = self
+            .inner
+            .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(cache);
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&subscription));
+        subscription
     }
 
     /// Looks the key up, or claims its lease.
@@ -424,18 +482,32 @@ impl RedisStore {
         invocation
             .key(&names.entry)
             .key(&names.lease)
-            .arg(&token)
+            .arg(token.as_str())
             .arg(millis(inner.settings.lease))
             .arg(now_millis());
+        // Armed before the script is sent: if we stop waiting for its answer
+        // (a timeout, a cancelled request), the lease it may have claimed
+        // under this token is released.
+        let lease = Lease::new(&self.inner, &names, *key, token);
         let mut reply: Vec<Value> = match inner
-            .run(inner.settings.timeout, invocation.invoke_async(&mut conn))
+            .run(
+                Some(&names.entry),
+                inner.settings.timeout,
+                invocation.invoke_async(&mut conn),
+            )
             .await
         {
             Ok(reply) => reply,
-            Err(_) => return Lookup::Unavailable,
+            Err(error) => {
+                if error.is_circuit_open() {
+                    lease.disarm(); // nothing was sent
+                }
+                return Lookup::Unavailable;
+            }
         };
         match reply.as_mut_slice() {
             [Value::Int(1), Value::BulkString(bytes)] => {
+                lease.disarm();
                 // The record takes the reply's buffer: no copy.
                 match codec::decode(Bytes::from(std::mem::take(bytes))) {
                     Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
@@ -447,8 +519,9 @@ impl RedisStore {
                     }
                 }
             }
-            [Value::Int(2)] => Lookup::Claimed(Lease { token }),
+            [Value::Int(2)] => Lookup::Claimed(lease),
             [Value::Int(3), Value::Int(ttl)] => {
+                lease.disarm();
                 Lookup::Busy(Duration::from_millis(u64::try_from(*ttl).unwrap_or(0)))
             }
             _ => {
@@ -459,8 +532,10 @@ impl RedisStore {
         }
     }
 
-    /// Stores `record` (if any), releases the lease (if held), and wakes
-    /// every waiter on every instance.
+    /// Stores `record` (if any), releases the lease (if held), and tells
+    /// every waiter on every instance: look again if it was stored, go
+    /// through if not. A record stored without the lease (a refresh) is
+    /// evicted from every other instance's L1.
     pub(crate) async fn complete(
         &self,
         ns: &str,
@@ -471,7 +546,14 @@ impl RedisStore {
         let inner = &self.inner;
         let names = inner.names(ns, key);
         let encoded = record.map(codec::encode).unwrap_or_default();
-        let ttl = record.map_or(1, |r| r.ttl_at(now_millis()).as_millis().max(1));
+        // Redis refuses an expiry past its clock's range after the entry is
+        // written: never send one.
+        let ttl = record.map_or(1, |r| ttl_millis(r.ttl_at(now_millis())));
+        let stored = match (record, lease) {
+            (None, _) => Event::Unstored(*key),
+            (Some(_), Some(_)) => Event::Done(*key),
+            (Some(_), None) => Event::Replaced(*key, inner.instance.clone()),
+        };
         let mut conn = inner.conn.clone();
         let mut invocation = scripts::STORE.prepare_invoke();
         invocation
@@ -479,17 +561,22 @@ impl RedisStore {
             .key(&names.lease)
             .arg(lease.map_or("", |l| l.token.as_str()))
             .arg(encoded)
-            .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
+            .arg(ttl)
             .arg(record.map_or(0, |r| r.created_at))
             .arg(inner.channel())
-            .arg(Event::Done(*key).encode())
-            .arg(record.map_or(Bytes::new(), |r| r.meta.clone()).as_ref());
-        let _: Result<i64, _> = inner
+            .arg(stored.encode())
+            .arg(record.map_or(Bytes::new(), |r| r.meta.clone()).as_ref())
+            .arg(Event::Unstored(*key).encode());
+        let result: Result<i64, _> = inner
             .run(
+                Some(&names.entry),
                 inner.settings.write_timeout,
                 invocation.invoke_async(&mut conn),
             )
             .await;
+        if result.is_ok() {
+            lease.inspect(|lease| lease.disarm());
+        }
     }
 
     /// Registers interest in completions of `key`.
@@ -515,6 +602,7 @@ impl RedisStore {
                     .arg(millis(inner.settings.lease));
                 if let Ok(0) = inner
                     .run(
+                        Some(&names.lease),
                         inner.settings.timeout,
                         invocation.invoke_async::<i64>(&mut conn),
                     )
@@ -556,31 +644,40 @@ impl RedisStore {
         unlink.arg(&names.entry);
         inner
             .run(
+                Some(&names.entry),
                 inner.settings.write_timeout,
                 unlink.query_async::<i64>(&mut conn),
             )
             .await?;
-        inner.publish(Event::Purged(*key)).await
+        inner.publish(Event::Purged(*key), Some(&names.entry)).await
     }
 
     /// Deletes every entry of a namespace and clears every instance's L1.
+    /// A node that does not answer keeps its entries, but does not stop the
+    /// others' from being deleted nor the L1 caches from being cleared; the
+    /// error is returned after.
     pub(crate) async fn purge_namespace(&self, ns: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let mut deleted = 0;
-        for key in scan(inner, &format!("{}:{ns}:*", inner.prefix)).await? {
+        let (keys, mut failed) = scan_reachable(inner, &format!("{}:{ns}:*", inner.prefix)).await;
+        for key in keys {
             // One key per command: in a cluster each may live in another slot.
             let mut unlink = redis::cmd("UNLINK");
             unlink.arg(&key);
-            let unlinked: i64 = inner
+            match inner
                 .run(
+                    Some(&key),
                     inner.settings.write_timeout,
-                    unlink.query_async(&mut inner.conn.clone()),
+                    unlink.query_async::<i64>(&mut inner.conn.clone()),
                 )
-                .await?;
-            deleted += u64::try_from(unlinked).unwrap_or(0);
+                .await
+            {
+                Ok(unlinked) => deleted += u64::try_from(unlinked).unwrap_or(0),
+                Err(error) => failed = failed.or(Some(error)),
+            }
         }
-        inner.publish(Event::PurgedNamespace).await?;
-        Ok(deleted)
+        inner.publish(Event::PurgedNamespace, None).await?;
+        failed.map_or(Ok(deleted), Err)
     }
 
     /// Operations that failed or timed out.
@@ -615,9 +712,67 @@ impl Drop for Inner {
 }
 
 /// A claim on a key: only its holder calls upstream.
-#[derive(Debug)]
+///
+/// Released by [`RedisStore::complete`]; dropped before that (a panic, a
+/// cancelled call, a look-up whose answer we stopped waiting for), it
+/// releases itself in a task of its own, if it is still ours, and wakes the
+/// waiters, so that no claim outlives its leader.
 pub(crate) struct Lease {
     token: String,
+    key: Key,
+    name: String,
+    inner: Weak<Inner>,
+    released: AtomicBool,
+}
+
+impl Lease {
+    fn new(inner: &Arc<Inner>, names: &Names, key: Key, token: String) -> Self {
+        Self {
+            token,
+            key,
+            name: names.lease.clone(),
+            inner: Arc::downgrade(inner),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// Nothing is left to release.
+    fn disarm(&self) {
+        self.released.store(true, Relaxed);
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released.load(Relaxed) {
+            return;
+        }
+        let (Some(inner), Ok(runtime)) =
+            (self.inner.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return; // the store is gone: the lease runs out on its own
+        };
+        let (name, token, key) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.token),
+            self.key,
+        );
+        runtime.spawn(async move { inner.release(&name, &token, &key).await });
+    }
+}
+
+/// A layer's L1, subscribed to purges and refreshes made anywhere while
+/// its engine holds this.
+pub(crate) struct L1Subscription {
+    l1: MemoryStore,
 }
 
 /// Renews a lease while it lives.
@@ -720,6 +875,11 @@ impl StoreError {
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, StoreErrorKind::Timeout)
     }
+
+    /// Whether the operation was not sent: the circuit breaker is open.
+    fn is_circuit_open(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::CircuitOpen)
+    }
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -779,13 +939,16 @@ impl Inner {
         format!("{}-{}", self.instance, self.leases.fetch_add(1, Relaxed))
     }
 
-    /// Runs one operation under a timeout and the circuit breaker.
+    /// Runs one operation on the Redis key `name` (`None`: on no key) under
+    /// a timeout and the circuit breaker of the key's slots.
     async fn run<T>(
         &self,
+        name: Option<&str>,
         timeout: Duration,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.permit() {
+        let breaker = self.breakers.for_key(name);
+        if !breaker.permit() {
             self.skipped.fetch_add(1, Relaxed);
             return Err(StoreError {
                 kind: StoreErrorKind::CircuitOpen,
@@ -793,7 +956,7 @@ impl Inner {
         }
         let error = match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => {
-                if self.breaker.success() == Change::Recovered {
+                if breaker.success() == Change::Recovered {
                     tracing::info!("redis is reachable again");
                 }
                 return Ok(value);
@@ -803,7 +966,7 @@ impl Inner {
         };
         self.errors.fetch_add(1, Relaxed);
         crate::telemetry::store_error();
-        match self.breaker.failure() {
+        match breaker.failure() {
             Change::FirstFailure => {
                 tracing::warn!(%error, "redis operation failed; going on without it")
             }
@@ -817,41 +980,118 @@ impl Inner {
         Err(error)
     }
 
-    async fn publish(&self, event: Event) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+    /// Publishes `event`. On a cluster, through the node owning `route` (a
+    /// key the event is about) when given: it is up if that key is usable.
+    async fn publish(&self, event: Event, route: Option<&str>) -> Result<(), StoreError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.channel()).arg(event.encode());
-        self.run(
-            self.settings.write_timeout,
-            publish.query_async::<i64>(&mut conn),
-        )
-        .await
-        .map(drop)
+        match (&self.conn, route) {
+            (Conn::Cluster(cluster), Some(name)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(name, SlotAddr::Master),
+                ));
+                self.run(
+                    Some(name),
+                    self.settings.write_timeout,
+                    cluster.clone().route_command(publish, routing),
+                )
+                .await
+                .map(drop)
+            }
+            (Conn::Cluster(cluster), None) => {
+                // Any node will do: try a few, in case one is down.
+                let mut result = Ok(());
+                for _ in 0..3 {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                    result = self
+                        .run(
+                            None,
+                            self.settings.write_timeout,
+                            cluster.clone().route_command(publish.clone(), routing),
+                        )
+                        .await
+                        .map(drop);
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                result
+            }
+            (Conn::Single(_), _) => self
+                .run(
+                    None,
+                    self.settings.write_timeout,
+                    publish.query_async::<i64>(&mut self.conn.clone()),
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Releases a lease if it is still ours, and wakes the waiters.
+    async fn release(&self, name: &str, token: &str, key: &Key) {
+        let mut release = redis::cmd("EVAL");
+        release
+            .arg(scripts::RELEASE_SOURCE)
+            .arg(1)
+            .arg(name)
+            .arg(token)
+            .arg(self.channel())
+            .arg(Event::Done(*key).encode());
+        let _: Result<i64, _> = self
+            .run(
+                Some(name),
+                self.settings.write_timeout,
+                release.query_async(&mut self.conn.clone()),
+            )
+            .await;
     }
 
     /// Acts on a message from any instance (this one included).
     async fn dispatch(&self, event: Event) {
         match event {
             Event::Done(key) => self.waiters.wake(&key),
-            Event::Purged(key) => {
-                for cache in self.caches() {
-                    cache.remove(&key).await;
+            Event::Unstored(key) => self.waiters.pass(&key),
+            Event::Replaced(key, origin) => {
+                // The instance that stored it holds the fresh entry already.
+                if origin != self.instance {
+                    self.evict(&key).await;
                 }
+                self.waiters.wake(&key);
             }
-            Event::PurgedNamespace => self.caches().iter().for_each(MemoryStore::clear),
+            Event::Purged(key) => self.evict(&key).await,
+            Event::PurgedNamespace => self.clear_l1(),
         }
     }
 
-    fn caches(&self) -> Vec<MemoryStore> {
-        self.caches
+    async fn evict(&self, key: &Key) {
+        for subscriber in self.subscribers() {
+            subscriber.l1.remove(key).await;
+        }
+    }
+
+    pub(super) fn clear_l1(&self) {
+        self.subscribers()
+            .iter()
+            .for_each(|subscriber| subscriber.l1.clear());
+    }
+
+    /// The live layers' L1 subscriptions; forgets those of dropped layers.
+    fn subscribers(&self) -> Vec<Arc<L1Subscription>> {
+        let mut subscribers = self
+            .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Sends the counters kept locally.
     async fn flush(&self) {
         let _flushing = self.flushing.lock().await;
+        let stats_key = self.stats_key();
         let mut fleet = redis::pipe();
         let mut any = false;
         for (counter, field) in self.pending.fleet.iter().zip(FLEET_FIELDS) {
@@ -868,8 +1108,18 @@ impl Inner {
         }
         let mut conn = self.conn.clone();
         if any {
+            // Counters nobody updates for a month go away with the rest.
+            fleet
+                .cmd("PEXPIRE")
+                .arg(&stats_key)
+                .arg(STATS_TTL_MS)
+                .ignore();
             let _: Result<(), _> = self
-                .run(self.settings.write_timeout, fleet.query_async(&mut conn))
+                .run(
+                    Some(&stats_key),
+                    self.settings.write_timeout,
+                    fleet.query_async(&mut conn),
+                )
                 .await;
         }
         let hits = std::mem::take(
@@ -886,6 +1136,7 @@ impl Inner {
             invocation.key(&names.entry).arg(n).arg(now);
             let _: Result<i64, _> = self
                 .run(
+                    Some(&names.entry),
                     self.settings.write_timeout,
                     invocation.invoke_async(&mut conn),
                 )
@@ -908,55 +1159,80 @@ async fn flush_periodically(inner: std::sync::Weak<Inner>) {
 /// Every key matching `pattern`: `SCAN` on the single node, or on every
 /// primary of a cluster.
 async fn scan(inner: &Inner, pattern: &str) -> Result<Vec<String>, StoreError> {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    match scan_reachable(inner, pattern).await {
+        (found, None) => Ok(found),
+        (_, Some(error)) => Err(error),
+    }
+}
 
+/// [`scan`] on every node that answers, and the first error met on those
+/// that do not.
+async fn scan_reachable(inner: &Inner, pattern: &str) -> (Vec<String>, Option<StoreError>) {
+    let mut failed = None;
+    let mut found = Vec::new();
     let nodes = match &inner.conn {
         Conn::Single(_) => vec![None],
-        Conn::Cluster(cluster) => cluster_primaries(inner, &mut cluster.clone())
-            .await?
-            .into_iter()
-            .map(Some)
-            .collect(),
+        Conn::Cluster(cluster) => match cluster_primaries(inner, &mut cluster.clone()).await {
+            Ok(nodes) => nodes.into_iter().map(Some).collect(),
+            Err(error) => return (found, Some(error)),
+        },
     };
-    let mut found = Vec::new();
     for node in nodes {
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
-                (Some((host, port)), Conn::Cluster(cluster)) => {
-                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    });
-                    let value = inner
-                        .run(
-                            inner.settings.write_timeout,
-                            cluster.clone().route_command(scan, routing),
-                        )
-                        .await?;
-                    redis::from_redis_value(value)
-                        .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
-                }
-                _ => {
-                    inner
-                        .run(
-                            inner.settings.write_timeout,
-                            scan.query_async(&mut inner.conn.clone()),
-                        )
-                        .await?
-                }
-            };
-            found.extend(keys);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        match scan_node(inner, node, pattern).await {
+            Ok(keys) => found.extend(keys),
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    (found, failed)
+}
+
+/// [`scan`] on one node (`None`: the single node).
+async fn scan_node(
+    inner: &Inner,
+    node: Option<(String, u16)>,
+    pattern: &str,
+) -> Result<Vec<String>, StoreError> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500);
+        let (next, keys): (u64, Vec<String>) = match (&node, &inner.conn) {
+            (Some((host, port)), Conn::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = inner
+                    .run(
+                        None,
+                        inner.settings.write_timeout,
+                        cluster.clone().route_command(scan, routing),
+                    )
+                    .await?;
+                redis::from_redis_value(value)
+                    .map_err(|e| StoreError::from(redis::RedisError::from(e)))?
             }
+            _ => {
+                inner
+                    .run(
+                        None,
+                        inner.settings.write_timeout,
+                        scan.query_async(&mut inner.conn.clone()),
+                    )
+                    .await?
+            }
+        };
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
         }
     }
     Ok(found)
@@ -969,23 +1245,67 @@ async fn cluster_primaries(
 ) -> Result<Vec<(String, u16)>, StoreError> {
     let nodes: String = inner
         .run(
+            None,
             inner.settings.write_timeout,
             redis::cmd("CLUSTER").arg("NODES").query_async(cluster),
         )
         .await?;
-    Ok(nodes
+    Ok(node_addresses(&nodes, true))
+}
+
+/// The addresses of the nodes a `CLUSTER NODES` reply lists as up: only
+/// the primaries, or every node.
+fn node_addresses(nodes: &str, primaries_only: bool) -> Vec<(String, u16)> {
+    nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") {
+            if (primaries_only && !flags.contains("master")) || flags.contains("fail") {
                 return None;
             }
             let address = fields.get(1)?.split(['@', ',']).next()?;
             let (host, port) = address.rsplit_once(':')?;
             Some((host.to_owned(), port.parse().ok()?))
         })
-        .collect())
+        .collect()
+}
+
+/// Clients for the cluster's other nodes, made like the first seed (its
+/// credentials and database), for the subscription to move to when every
+/// seed is gone. Plain TCP seeds only; otherwise the seeds alone.
+async fn other_nodes(
+    cluster: &mut ClusterConnection,
+    seeds: &[redis::Client],
+    timeout: Duration,
+) -> Vec<redis::Client> {
+    use redis::ConnectionAddr;
+
+    let Some(first) = seeds.first().map(redis::Client::get_connection_info) else {
+        return Vec::new();
+    };
+    if !matches!(first.addr(), ConnectionAddr::Tcp(..)) {
+        return Vec::new();
+    }
+    let mut command = redis::cmd("CLUSTER");
+    command.arg("NODES");
+    let nodes = command.query_async::<String>(cluster);
+    let Ok(Ok(nodes)) = tokio::time::timeout(timeout, nodes).await else {
+        return Vec::new();
+    };
+    node_addresses(&nodes, false)
+        .into_iter()
+        .filter(|(host, port)| {
+            !seeds.iter().any(|seed| {
+                matches!(seed.get_connection_info().addr(),
+                    ConnectionAddr::Tcp(h, p) if h == host && p == port)
+            })
+        })
+        .filter_map(|(host, port)| {
+            let info = first.clone().set_addr(ConnectionAddr::Tcp(host, port));
+            redis::Client::open(info).ok()
+        })
+        .collect()
 }
 
 /// The namespace's tag in key names: 16 hex digits of its SHA-256, so any
@@ -1011,6 +1331,20 @@ fn instance_id() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// A record's time to live in milliseconds, as Redis accepts it: at least
+/// 1, at most [`scripts::MAX_TTL_MS`].
+fn ttl_millis(ttl: Duration) -> u64 {
+    millis(ttl).min(scripts::MAX_TTL_MS)
+}
+
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+const HOUR: Duration = Duration::from_secs(60 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the fleet counters outlive their last flush.
+const STATS_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())

@@ -41,24 +41,75 @@ pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(LOOKUP
 /// `KEYS[1]` the entry, `KEYS[2]` the lease. `ARGV[1]` the lease token (empty:
 /// none held), `ARGV[2]` the encoded record (empty: nothing to store),
 /// `ARGV[3]` its time to live in milliseconds, `ARGV[4]` its creation time,
-/// `ARGV[5]` the events channel, `ARGV[6]` the message, `ARGV[7]` the
-/// record's metadata (model, token usage) for analytics.
+/// `ARGV[5]` the events channel, `ARGV[6]` the message if the record is
+/// stored, `ARGV[7]` the record's metadata (model, token usage) for
+/// analytics, `ARGV[8]` the message if nothing is stored.
+///
+/// Every argument is checked before anything is written: a time to live
+/// that is not a whole number of milliseconds within [`MAX_TTL_MS`] stores
+/// nothing (Redis would refuse the expiry after the entry was written,
+/// leaving it forever), but the lease is still released and the waiters
+/// told. A record older than the one stored is not written (a leader's
+/// store that reached Redis after a refresh made meanwhile; a store without
+/// the lease that is older than the entry's): the newer stays, and the
+/// waiters are told to look again. Returns 1 if the record was stored,
+/// else 0.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
-if ARGV[2] ~= '' then
+local ttl = tonumber(ARGV[3])
+local created = tonumber(ARGV[4])
+local store = ARGV[2] ~= '' and ttl ~= nil and created ~= nil
+  and ttl >= 1 and ttl <= {MAX_TTL_MS} and ttl == math.floor(ttl)
+local newer = false
+if store and ARGV[1] ~= '' then
+  -- The lease was claimed because no record was there: one there now was
+  -- stored meanwhile, without the lease (a refresh), and is newer.
+  newer = type(redis.pcall('HGET', KEYS[1], 'r')) == 'string'
+elseif store then
+  local existing = redis.pcall('HGET', KEYS[1], 'created_at')
+  newer = type(existing) == 'string' and tonumber(existing) ~= nil
+    and tonumber(existing) > created
+end
+if store and not newer then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'r', ARGV[2], 'created_at', ARGV[4], 'hits', 0, 'meta', ARGV[7])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ttl)
 end
 if ARGV[1] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return 1
-",
-    )
+if store then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  return newer and 0 or 1
+end
+redis.call('PUBLISH', ARGV[5], ARGV[8])
+return 0
+"
+    ))
 });
+
+/// Release a lease that is still ours and tell the waiters. `KEYS[1]` the
+/// lease, `ARGV[1]` the token, `ARGV[2]` the events channel, `ARGV[3]` the
+/// message. Returns 1 if released.
+///
+/// Sent whole with `EVAL`, not by its digest: a release often follows a
+/// request we stopped waiting for, and must not depend on a script cache
+/// that a restarted server lost (the `NOSCRIPT` retry would come from a
+/// caller already gone).
+pub(super) const RELEASE_SOURCE: &str = r"
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// The longest time to live of an entry in Redis, in milliseconds (ten
+/// years): longer ones are shortened to it, so that Redis always accepts the
+/// expiry.
+pub(super) const MAX_TTL_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// Extend the lease if it is still ours. `KEYS[1]` the lease, `ARGV[1]` the
 /// token, `ARGV[2]` the lease in milliseconds. Returns 1 if renewed.
