@@ -167,6 +167,23 @@ impl Engine {
             head: Arc::clone(&head),
             reader,
         }));
+        // An answer that will not be stored gives up its claim now: waiters
+        // on other instances go through themselves at once instead of
+        // waiting for a body that will never be theirs.
+        let claim = if head.storable {
+            Some(claim)
+        } else {
+            let engine = Arc::clone(&self);
+            let (ns, key) = (job.ns.clone(), job.key);
+            tokio::spawn(async move {
+                engine
+                    .l2
+                    .complete(&ns, &key, claim.lease.as_ref(), None)
+                    .await;
+            });
+            None
+        };
+        let lease = claim.as_ref().and_then(|claim| claim.lease.as_ref());
 
         let mut usage = UsageReader::new(&head.headers);
         let limit = self.config.max_response_body as u64;
@@ -194,10 +211,10 @@ impl Engine {
         };
         if let Some(error) = failure {
             leader.fail(error);
-            return self
-                .l2
-                .complete(&job.ns, &job.key, claim.lease.as_ref(), None)
-                .await;
+            if claim.is_some() {
+                self.l2.complete(&job.ns, &job.key, lease, None).await;
+            }
+            return;
         }
 
         // Store before the readers see the end: whoever has had the last
@@ -235,9 +252,11 @@ impl Engine {
         // stored.
         leader.complete(trailers);
         drop(leader);
-        self.l2
-            .complete(&job.ns, &job.key, claim.lease.as_ref(), stored.as_deref())
-            .await;
+        if claim.is_some() {
+            self.l2
+                .complete(&job.ns, &job.key, lease, stored.as_deref())
+                .await;
+        }
     }
 
     /// What every reader shares of the upstream head, whether the response

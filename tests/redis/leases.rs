@@ -163,6 +163,66 @@ async fn an_answer_that_is_not_stored_releases_the_waiters_elsewhere_at_once() {
     );
 }
 
+/// A head that says the answer will not be stored (here `private`) lets the
+/// waiters elsewhere go at once, not when the leader's long body ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_elsewhere_go_as_soon_as_the_head_says_the_answer_will_not_be_stored() {
+    const WAITERS: usize = 3;
+    const PART: Duration = Duration::from_millis(500);
+    let server = RedisServer::start();
+    let (slow, calls) = upstream(|seen: Seen| async move {
+        let (feed, body) = channel_body();
+        tokio::spawn(async move {
+            for part in 0..3 {
+                tokio::time::sleep(PART).await;
+                feed.data(format!("part {part} "));
+            }
+        });
+        let mut response = http::Response::new(body.boxed());
+        response
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static("private"));
+        response.headers_mut().insert(
+            "x-call",
+            http::HeaderValue::from_str(&seen.call.to_string()).unwrap(),
+        );
+        response
+    });
+    let a = instance(store(&server.url())).await.layer(slow.clone());
+    let leader = tokio::spawn(async move { fetch(&a, post("/", "q")).await });
+    assert!(eventually(Duration::from_secs(5), || calls.get() == 1).await);
+    let mut waiters = Vec::new();
+    for _ in 0..WAITERS {
+        let service = instance(store(&server.url())).await.layer(slow.clone());
+        waiters.push(tokio::spawn(async move {
+            fetch(&service, post("/", "q")).await
+        }));
+    }
+    // The leader's body takes three parts; the waiters call long before.
+    assert!(
+        eventually(PART * 2, || calls.get() == 1 + WAITERS).await,
+        "{} calls while the leader's body was still streaming",
+        calls.get()
+    );
+    let first = timeout(Duration::from_secs(10), leader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.header("x-call"), Some("1"));
+    for waiter in waiters {
+        let answer = timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            answer.header("x-call"),
+            Some("1"),
+            "a private answer is not shared"
+        );
+        assert_eq!(&answer.body[..], b"part 0 part 1 part 2 ");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_never_outlive_their_leaders_over_many_rounds() {
     const ROUNDS: usize = 240;
