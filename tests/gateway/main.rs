@@ -15,6 +15,7 @@ mod upstream;
 mod bodies;
 mod control;
 mod forwarding;
+mod memory;
 mod sharing;
 mod shutdown;
 mod stats;
