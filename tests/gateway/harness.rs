@@ -220,7 +220,8 @@ fn binary() -> PathBuf {
         ),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("examples/gateway.rs"), root.join("Cargo.toml")];
+    let mut sources = vec![root.join("Cargo.toml")];
+    collect_files(&root.join("examples/gateway"), &mut sources);
     collect_files(&root.join("src"), &mut sources);
     if let Some(newer) = sources.iter().find(|source| modified(source) > built) {
         panic!(
