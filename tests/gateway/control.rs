@@ -157,3 +157,37 @@ async fn an_invalid_control_value_is_answered_400_without_an_upstream_call() {
     }
     assert_eq!(upstream.calls.get(), 0);
 }
+
+/// Off by default: on a shared gateway no caller steers the cache. The
+/// headers are removed, so they neither steer it nor reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_flag_control_headers_are_stripped_and_steer_nothing() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+
+    let first = ask(&gateway, &[]).await;
+    stored(&gateway, 1).await;
+    for (name, value) in [
+        ("x-idempotency-bypass", "true"),
+        ("x-idempotency-refresh", "true"),
+        ("x-idempotency-namespace", "other"),
+        ("x-idempotency-ttl", "soon"),
+    ] {
+        let answer = ask(&gateway, &[(name, value)]).await;
+        assert_eq!(answer.status, 200, "{name}: {answer:?}");
+        assert!(
+            answer.cache_status().contains("; hit"),
+            "{name}: {answer:?}"
+        );
+        assert_eq!(answer.body, first.body);
+    }
+    // A request that goes through carries none of them either.
+    let bypass = ask(
+        &gateway,
+        &[("cache-control", "no-store"), ("x-idempotency-ttl", "5")],
+    )
+    .await;
+    assert_eq!(bypass.cache_status(), "tower-idempotency; fwd=bypass");
+    assert_eq!(upstream.calls.get(), 2);
+    assert_no_control_headers(&upstream);
+}

@@ -53,17 +53,36 @@ impl Gateway {
     /// Starts `gateway --listen 127.0.0.1:0 ARGS...` and waits for its
     /// `listening on ADDR` line.
     pub fn start(args: &[&str]) -> Gateway {
+        Self::start_command(command(args))
+    }
+
+    /// [`start`](Self::start), in a process whose file-descriptor limit
+    /// (soft and hard) is `limit`.
+    #[cfg(unix)]
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let mut command = command(args);
+        #[allow(unsafe_code)]
+        // SAFETY: the closure only calls setrlimit, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_command(command)
+    }
+
+    fn start_command(mut command: Command) -> Gateway {
         let binary = binary();
-        let mut child = Command::new(&binary)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot run {}: {error}", binary.display()));
 
@@ -181,6 +200,48 @@ impl Drop for Gateway {
             eprintln!("--- gateway {} output ---\n{}", self.addr, self.log());
         }
     }
+}
+
+/// `gateway --listen 127.0.0.1:0 ARGS...`, its output piped.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env(
+            "RUST_LOG",
+            env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs the gateway with `args`, expecting it to refuse them: returns its
+/// exit status and what it printed on stderr. Fails if it is still running
+/// after ten seconds.
+pub fn start_refused(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = command(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run the gateway");
+    let mut stderr = child.stderr.take().unwrap();
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = done.send(text);
+    });
+    let text = match finished.recv_timeout(Duration::from_secs(10)) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway started with {args:?}");
+        }
+    };
+    (child.wait().expect("wait for the gateway"), text)
 }
 
 /// Reads `stream` line by line on a thread of its own, so the child never

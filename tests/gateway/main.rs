@@ -13,6 +13,7 @@ mod harness;
 mod upstream;
 
 mod bodies;
+mod connections;
 mod control;
 mod forwarding;
 mod memory;
@@ -20,3 +21,4 @@ mod sharing;
 mod shutdown;
 mod stats;
 mod streaming;
+mod timeouts;
