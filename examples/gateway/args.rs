@@ -53,7 +53,7 @@ pub struct Args {
     pub namespace: String,
 
     /// How long a stored response is replayed, in seconds (1 to a year).
-    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_ttl)]
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_ttl, allow_negative_numbers = true)]
     pub ttl: Duration,
 
     /// Largest request body fingerprinted and largest response stored, in
@@ -89,44 +89,44 @@ pub struct Args {
     pub prices: Vec<(String, ModelPrice)>,
 
     /// A flat price in USD per call, for calls no --price prices.
-    #[arg(long, value_name = "USD", value_parser = parse_price_per_call)]
+    #[arg(long, value_name = "USD", value_parser = parse_price_per_call, allow_negative_numbers = true)]
     pub price_per_call: Option<f64>,
 
     /// Seconds a client may take to send a request head, once it has
     /// started sending it.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub header_timeout: Duration,
 
     /// Seconds a request body may go without progress (no bytes arriving)
     /// before the request is aborted.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub body_timeout: Duration,
 
     /// Seconds a connection may wait for its next request (or its first)
     /// before it is closed.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub keepalive_timeout: Duration,
 
     /// Most client connections at once; further ones wait in the listen
     /// queue until a connection closes. Lowered at start-up to what the
     /// process's file-descriptor limit allows.
-    #[arg(long, value_name = "N", default_value = "10000", value_parser = parse_max_connections)]
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = parse_max_connections, allow_negative_numbers = true)]
     pub max_connections: usize,
 
     /// Seconds the upstream may take to answer with a response head; past
     /// it the caller gets 504 Gateway Timeout. Generous by default: a
     /// reasoning model can think for minutes before its first byte.
-    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub upstream_timeout: Duration,
 
     /// Seconds the upstream's response body may go without a new chunk;
     /// past it the response ends with an error and is not stored.
-    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub idle_timeout: Duration,
 
     /// Seconds a duplicate waits for the identical request in progress
     /// before it goes to the upstream itself. Default: --upstream-timeout.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub wait_timeout: Option<Duration>,
 }
 

@@ -218,30 +218,35 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-/// Runs the gateway with `args`, expecting it to refuse them: returns its
-/// exit status and what it printed on stderr. Fails if it is still running
-/// after ten seconds.
+/// Runs the gateway with `args`, expecting it to stop at once (refusing
+/// them, or printing its help): returns its exit status and what it printed
+/// on both streams. Fails if it is still running after ten seconds.
 pub fn start_refused(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = command(args)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run the gateway");
-    let mut stderr = child.stderr.take().unwrap();
+    let mut child = command(args).spawn().expect("run the gateway");
     let (done, finished) = mpsc::channel();
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = done.send(text);
-    });
-    let text = match finished.recv_timeout(Duration::from_secs(10)) {
-        Ok(text) => text,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the gateway started with {args:?}");
+    for mut stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            let _ = done.send(text);
+        });
+    }
+    let mut output = Vec::new();
+    for _ in 0..2 {
+        match finished.recv_timeout(Duration::from_secs(10)) {
+            Ok(text) => output.push(text),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway started with {args:?}");
+            }
         }
-    };
-    (child.wait().expect("wait for the gateway"), text)
+    }
+    (child.wait().expect("wait for the gateway"), output.concat())
 }
 
 /// Reads `stream` line by line on a thread of its own, so the child never

@@ -15,6 +15,7 @@ mod upstream;
 mod bodies;
 mod connections;
 mod control;
+mod flags;
 mod forwarding;
 mod memory;
 mod sharing;
