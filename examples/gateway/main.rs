@@ -207,8 +207,8 @@ fn shutdown_signal() -> std::io::Result<Pin<Box<dyn Future<Output = ()> + Send>>
     }
 }
 
-/// `GET /_idempotency/stats`: this process's counters and, with Redis, the
-/// fleet's.
+/// `GET /_idempotency/stats`: this process's counters, with Redis the
+/// fleet's, and what the in-process cache holds.
 async fn stats(State(layer): State<IdempotencyLayer>) -> Json<Value> {
     let fleet = match layer.fleet_stats().await {
         Some(Ok(fleet)) => json!(fleet),
@@ -218,7 +218,12 @@ async fn stats(State(layer): State<IdempotencyLayer>) -> Json<Value> {
         }
         None => Value::Null,
     };
-    Json(json!({ "process": layer.stats(), "fleet": fleet }))
+    let (entries, weighed) = layer.l1_usage().await;
+    Json(json!({
+        "process": layer.stats(),
+        "fleet": fleet,
+        "l1": { "entries": entries, "weighed_bytes": weighed },
+    }))
 }
 
 /// Logs one line per request: what, the outcome, and how long the head took.

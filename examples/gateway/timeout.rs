@@ -125,8 +125,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use tokio::sync::mpsc;
+
+    async fn next_frame<B: Body>(
+        mut body: Pin<&mut B>,
+    ) -> Option<Result<Frame<B::Data>, B::Error>> {
+        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+    }
 
     /// A body fed from a channel.
     struct Fed(mpsc::UnboundedReceiver<Bytes>);
@@ -146,7 +151,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stall_ends_the_body_with_an_error_and_progress_resets_the_clock() {
         let (feed, frames) = mpsc::unbounded_channel();
-        let mut body = IdleTimeout::new(Fed(frames), Duration::from_secs(5), "the test body");
+        let body = IdleTimeout::new(Fed(frames), Duration::from_secs(5), "the test body");
+        let mut body = std::pin::pin!(body);
         for _ in 0..3 {
             // Frames 4 s apart: never 5 s without one.
             let feed = feed.clone();
@@ -154,15 +160,15 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(4)).await;
                 let _ = feed.send(Bytes::from_static(b"x"));
             });
-            let frame = body.frame().await.unwrap().unwrap();
+            let frame = next_frame(body.as_mut()).await.unwrap().unwrap();
             assert_eq!(frame.into_data().unwrap(), "x");
         }
         let started = tokio::time::Instant::now();
-        let error = body.frame().await.unwrap().unwrap_err();
+        let error = next_frame(body.as_mut()).await.unwrap().unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert!(Stalled::in_chain(&*error), "{error}");
         assert!(
-            body.frame().await.is_none(),
+            next_frame(body.as_mut()).await.is_none(),
             "the body ends after the error"
         );
     }
