@@ -1,9 +1,9 @@
 //! The command line: every flag, its default, and the checks that turn a bad
 //! value into a clear error at start-up.
 
-use std::time::Duration;
+use std::{ffi::OsString, path::PathBuf, process, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
 use tower_idempotency::ai::{ModelPrice, PriceTable};
 
@@ -30,6 +30,13 @@ const MAX_CONNECTIONS: u64 = 1_000_000;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
+    /// A TOML file of settings named like the flags, for example
+    /// `upstream = "https://api.openai.com"`, `ttl = 600`,
+    /// `vary-header = ["x-tenant"]`, `control-headers = true`. Flags on the
+    /// command line override it; repeatable ones add to its lists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -128,6 +135,103 @@ pub struct Args {
     /// before it goes to the upstream itself. Default: --upstream-timeout.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub wait_timeout: Option<Duration>,
+}
+
+/// The command line, with the `--config` file's settings under it. Exits
+/// with a message (status 2) on a bad flag, file or setting.
+pub fn parse() -> Args {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let Some(path) = config_path(&argv) else {
+        return Args::parse_from(argv);
+    };
+    let fail = |message: String| -> ! {
+        eprintln!("gateway: in {}: {message}", path.display());
+        process::exit(2);
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| fail(error.to_string()));
+    let settings = config_flags(&text).unwrap_or_else(|message| fail(message));
+
+    // The file's settings alone must make sense, so that an error names it.
+    let mut alone = vec![argv[0].clone()];
+    alone.extend(settings.iter().cloned());
+    if !settings.iter().any(|flag| flag == "--upstream") {
+        alone.extend(["--upstream".into(), "http://127.0.0.1".into()]);
+    }
+    if let Err(error) = Args::command().try_get_matches_from(alone) {
+        eprintln!("gateway: in {}:", path.display());
+        error.exit();
+    }
+    // The command line after the file: for a flag given in both, the
+    // command line's value comes last and wins.
+    let mut merged = vec![argv[0].clone()];
+    merged.extend(settings);
+    merged.extend(argv[1..].iter().cloned());
+    let matches = Args::command()
+        .args_override_self(true)
+        .get_matches_from(merged);
+    Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The value of `--config` (or `--config=`), if given.
+fn config_path(argv: &[OsString]) -> Option<PathBuf> {
+    let mut args = argv.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            return None;
+        }
+        if text == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// A TOML file's settings as the flags they stand for.
+fn config_flags(text: &str) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = text.parse().map_err(|error| format!("{error}"))?;
+    let command = Args::command();
+    let mut flags = Vec::new();
+    for (name, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name.as_str()) && name != "config")
+            .ok_or_else(|| {
+                format!("`{name}` is not a setting (settings are named like the flags)")
+            })?;
+        let flag = OsString::from(format!("--{name}"));
+        let takes_value = arg.get_action().takes_values();
+        let scalar = |value: &toml::Value| -> Result<String, String> {
+            match value {
+                toml::Value::String(text) => Ok(text.clone()),
+                toml::Value::Integer(n) => Ok(n.to_string()),
+                toml::Value::Float(x) => Ok(x.to_string()),
+                _ => Err(format!("`{name}` takes a string or a number")),
+            }
+        };
+        match (&value, takes_value) {
+            (toml::Value::Boolean(on), false) => {
+                if *on {
+                    flags.push(flag);
+                }
+            }
+            (_, false) => return Err(format!("`{name}` is true or false")),
+            (toml::Value::Array(values), true) => {
+                for value in values {
+                    flags.push(flag.clone());
+                    flags.push(scalar(value)?.into());
+                }
+            }
+            (value, true) => {
+                flags.push(flag);
+                flags.push(scalar(value)?.into());
+            }
+        }
+    }
+    Ok(flags)
 }
 
 impl Args {

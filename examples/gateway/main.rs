@@ -41,7 +41,6 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use clap::Parser;
 use http::Request;
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
@@ -71,7 +70,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
+    let args = args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -241,3 +241,83 @@ async fn a_hot_entry_survives_a_flood_of_one_off_misses() {
     let stats = gateway.stats().await;
     assert_eq!(stats["process"]["hits"]["l1"], 3, "{stats}");
 }
+
+/// `--config FILE`: settings named like the flags; the command line wins
+/// for single values and adds to lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_mirrors_the_flags_and_the_command_line_overrides_it() {
+    let upstream = Upstream::echo().await;
+    let path = std::env::temp_dir().join(format!(
+        "gateway-config-{}-{}.toml",
+        std::process::id(),
+        upstream.addr.port()
+    ));
+    std::fs::write(
+        &path,
+        format!(
+            "upstream = \"{}\"\nttl = 1\ncontrol-headers = true\nvary-header = [\"x-tenant\"]\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let gateway = Gateway::start(&[
+        "--config",
+        config,
+        "--ttl",
+        "3600",
+        "--vary-header",
+        "x-team",
+        "--vary-header",
+        "x-org",
+    ]);
+    let ask = |headers: &[(&str, &str)]| {
+        let mut request = HttpRequest::get(gateway.url("/v1/models"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Full::<Bytes>::default()).unwrap()
+    };
+    let call = |answer: &Answer| -> u64 {
+        serde_json::from_slice::<Value>(&answer.body).unwrap()["call"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(call(&send(ask(&[])).await), 1);
+    assert_eq!(
+        call(&send(ask(&[("x-tenant", "a")])).await),
+        2,
+        "the file's vary header"
+    );
+    assert_eq!(
+        call(&send(ask(&[("x-team", "a")])).await),
+        3,
+        "the command line's"
+    );
+    assert_eq!(call(&send(ask(&[("x-org", "a")])).await), 4, "both of them");
+    let bypass = send(ask(&[("x-idempotency-bypass", "true")])).await;
+    assert_eq!(
+        bypass.cache_status(),
+        "tower-idempotency; fwd=bypass",
+        "the file's switch"
+    );
+    // The file says one second, the command line an hour.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let later = send(ask(&[])).await;
+    assert!(later.cache_status().contains("; hit"), "{later:?}");
+    assert_eq!(call(&later), 1);
+
+    for (settings, expected) in [
+        ("ttl = \"soon\"\n", "--ttl"),
+        ("nope = 1\n", "`nope` is not a setting"),
+        ("ttl = [\n", "TOML parse error"),
+        ("control-headers = \"yes\"\n", "true or false"),
+    ] {
+        std::fs::write(&path, settings).unwrap();
+        let (status, stderr) = start_refused(&["--config", config, "--upstream", &upstream.url()]);
+        assert_eq!(status.code(), Some(2), "{settings}: {stderr}");
+        assert!(stderr.contains(config), "{settings}: {stderr}");
+        assert!(stderr.contains(expected), "{settings}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
