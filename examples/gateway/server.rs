@@ -98,6 +98,8 @@ fn raise_fd_limit() -> Option<u64> {
             limit = raised;
         }
     }
+    // `rlim_t` is `u64` on Linux, not on every Unix.
+    #[allow(clippy::useless_conversion)]
     Some(u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX))
 }
 

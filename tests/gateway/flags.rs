@@ -240,6 +240,10 @@ async fn a_hot_entry_survives_a_flood_of_one_off_misses() {
     assert_eq!(hot_calls, 1);
     let stats = gateway.stats().await;
     assert_eq!(stats["process"]["hits"]["l1"], 3, "{stats}");
+    // What L1 holds is reported, within the budget.
+    let weighed = stats["l1"]["weighed_bytes"].as_u64().unwrap();
+    assert!(weighed > 0 && weighed <= 1024 * 1024, "{stats}");
+    assert!(stats["l1"]["entries"].as_u64().unwrap() > 50, "{stats}");
 }
 
 /// `--config FILE`: settings named like the flags; the command line wins
