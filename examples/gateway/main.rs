@@ -17,6 +17,10 @@
 //! `RUST_LOG`), and on SIGTERM or Ctrl-C stops accepting connections and lets
 //! the requests in flight finish before it exits.
 //!
+//! Its unit tests (flag values, the body timeout) run with
+//! `cargo test --all-features --example gateway`; `tests/gateway/` runs the
+//! binary.
+//!
 //! Every connection and upstream call is bounded in time, and the number of
 //! connections by memory and file descriptors: see `--help` and the
 //! README's "Run it as a proxy".
