@@ -10,7 +10,7 @@
 //! response limit, is never stored, and hop-by-hop headers and `set-cookie`
 //! are stripped from what is stored.
 
-use http::{header, response, HeaderMap, HeaderName, Method};
+use http::{header, response, HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Decides whether a complete upstream response may be stored.
 ///
@@ -123,7 +123,16 @@ pub(crate) fn shareable_headers(headers: &HeaderMap) -> HeaderMap {
             || name == header::AGE
             || named_by_connection.contains(name);
         if !drop {
-            out.append(name.clone(), value.clone());
+            // A copy: the value may be a slice of the connection's read
+            // buffer, which a stored entry must not keep alive.
+            let copy = match HeaderValue::from_bytes(value.as_bytes()) {
+                Ok(mut copy) => {
+                    copy.set_sensitive(value.is_sensitive());
+                    copy
+                }
+                Err(_) => value.clone(),
+            };
+            out.append(name.clone(), copy);
         }
     }
     out
@@ -137,7 +146,6 @@ pub(crate) fn default_methods() -> Vec<Method> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs

@@ -509,14 +509,13 @@ impl Leader {
     /// [`complete`](Self::complete) tells the readers.
     pub(crate) fn recorded(&self) -> (Option<Bytes>, u64) {
         let state = self.flight.state();
-        let body = state.recording.then(|| match state.chunks.len() {
-            0 => Bytes::new(),
-            1 => state.chunks[0].clone(),
-            _ => {
-                let mut out = bytes::BytesMut::with_capacity(state.held);
-                state.chunks.iter().for_each(|c| out.extend_from_slice(c));
-                out.freeze()
-            }
+        // One exact-size copy, even of a single chunk: a chunk is often a
+        // slice of the connection's read buffer, and keeping it would keep
+        // that whole buffer alive for the entry's lifetime, unweighed.
+        let body = state.recording.then(|| {
+            let mut out = Vec::with_capacity(state.held);
+            state.chunks.iter().for_each(|c| out.extend_from_slice(c));
+            Bytes::from(out)
         });
         (body, state.received)
     }

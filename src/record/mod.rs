@@ -74,15 +74,22 @@ impl Meta {
     }
 }
 
-/// Bookkeeping bytes charged per entry on top of headers and body.
-const OVERHEAD: usize = 256;
+/// What an entry costs besides its bytes of body, metadata and headers: the
+/// record itself in its `Arc`, the body's and metadata's allocations, and
+/// moka's own per-entry structures (value entry, entry info, deque and
+/// timer-wheel nodes, hash-table bucket, the key's `Arc`: about 400 bytes).
+const OVERHEAD: usize = std::mem::size_of::<Record>() + 16 + 64 + 400;
+/// What a header costs besides its name and value: its slot in the
+/// `HeaderMap` (name, value, hash and links: about 104 bytes), its index, and
+/// the allocation of its value.
+const PER_HEADER: usize = 144;
 
 impl Record {
     /// How many bytes this entry costs in the L1 budget.
     pub(crate) fn weight(&self) -> u32 {
         let headers = |map: &HeaderMap| -> usize {
             map.iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
                 .sum()
         };
         let total = OVERHEAD

@@ -1,24 +1,51 @@
 //! L1: an in-process `moka` cache weighed in bytes.
 
 use std::{
+    future::ready,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use moka::{future::Cache, Expiry};
+use moka::{
+    future::Cache,
+    notification::{ListenerFuture, RemovalCause},
+    ops::compute::Op,
+    policy::EvictionPolicy,
+    Expiry,
+};
 
 use crate::{
     key::Key,
     record::{now_millis, Record},
 };
 
+/// The share of the budget kept for entries that have been replayed, in
+/// fifths.
+const PROTECTED_FIFTHS: u64 = 1;
+
 /// The in-process cache: a byte budget, and per-entry expiry equal to the
 /// entry's remaining time to live.
 ///
-/// Cheap to clone: moka's cache is itself a shared handle.
+/// Eviction is segmented LRU. A new entry lands in the probation segment
+/// (four fifths of the budget); its first replay moves it to the protected
+/// segment (one fifth), where only entries replayed at least once compete.
+/// A flood of one-off misses churns probation and never reaches an entry
+/// that is being replayed. An entry pushed out of the protected segment
+/// goes back to probation, as the most recent there, rather than away.
+///
+/// moka's own admission policy (TinyLFU) is not used: it counts how often
+/// keys are read only once a cache is half full, and sizes that count for
+/// the entries present at that moment, so an entry that served every request
+/// while the cache filled up looked like a one-off and was evicted by the
+/// first flood of misses.
+///
+/// Cheap to clone: moka's caches are themselves shared handles.
 #[derive(Clone)]
 pub(crate) struct MemoryStore {
-    cache: Cache<Key, Arc<Record>>,
+    probation: Cache<Key, Arc<Record>>,
+    protected: Cache<Key, Arc<Record>>,
+    /// The protected segment's budget: a larger record stays in probation.
+    protected_capacity: u64,
 }
 
 /// Expires each entry when its record does, wherever it was created.
@@ -42,37 +69,229 @@ impl Expiry<Key, Arc<Record>> for UntilRecordExpires {
 
 impl MemoryStore {
     pub(crate) fn new(capacity_bytes: u64) -> Self {
-        let cache = Cache::builder()
+        let protected_capacity = capacity_bytes / 5 * PROTECTED_FIFTHS;
+        let probation = Cache::builder()
             .name("tower-idempotency-l1")
-            .max_capacity(capacity_bytes)
+            .max_capacity(capacity_bytes - protected_capacity)
+            .eviction_policy(EvictionPolicy::lru())
             .weigher(|_: &Key, record: &Arc<Record>| record.weight())
             .expire_after(UntilRecordExpires)
             .build();
-        Self { cache }
+        let demote_into = probation.clone();
+        let protected = Cache::builder()
+            .name("tower-idempotency-l1-protected")
+            .max_capacity(protected_capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|_: &Key, record: &Arc<Record>| record.weight())
+            .expire_after(UntilRecordExpires)
+            .async_eviction_listener(move |key, record, cause| -> ListenerFuture {
+                let probation = demote_into.clone();
+                Box::pin(async move {
+                    if cause == RemovalCause::Size {
+                        probation.insert(*key, record).await;
+                    }
+                })
+            })
+            .build();
+        Self {
+            probation,
+            protected,
+            protected_capacity,
+        }
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Option<Arc<Record>> {
-        let record = self.cache.get(key).await?;
         // moka expires on its own clock; the record's wall-clock deadline is
-        // the authority (an entry from L2 may be close to it).
-        record.is_fresh_at(now_millis()).then_some(record)
+        // the authority (an entry from L2 may be close to it). Probation
+        // first: a refreshed entry lands there and must shadow the old one.
+        let now = now_millis();
+        if let Some(record) = self.probation.get(key).await {
+            if !record.is_fresh_at(now) {
+                return None;
+            }
+            self.promote(*key, &record).await;
+            return Some(record);
+        }
+        let record = self.protected.get(key).await?;
+        record.is_fresh_at(now).then_some(record)
+    }
+
+    /// Moves a replayed entry to the protected segment, unless a newer
+    /// record replaced it in probation meanwhile.
+    async fn promote(&self, key: Key, record: &Arc<Record>) {
+        if u64::from(record.weight()) > self.protected_capacity {
+            return;
+        }
+        self.protected.insert(key, Arc::clone(record)).await;
+        self.probation
+            .entry(key)
+            .and_compute_with(|current| {
+                let same = current.is_some_and(|entry| Arc::ptr_eq(entry.value(), record));
+                ready(if same { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     pub(crate) async fn insert(&self, key: Key, record: Arc<Record>) {
-        self.cache.insert(key, record).await;
+        self.probation.insert(key, record).await;
+        self.protected.invalidate(&key).await;
     }
 
     pub(crate) async fn remove(&self, key: &Key) {
-        self.cache.invalidate(key).await;
+        self.probation.invalidate(key).await;
+        self.protected.invalidate(key).await;
     }
 
     pub(crate) fn clear(&self) {
-        self.cache.invalidate_all();
+        self.probation.invalidate_all();
+        self.protected.invalidate_all();
     }
 
     /// Entries and weighed bytes, after pending maintenance.
     pub(crate) async fn usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks().await;
-        (self.cache.entry_count(), self.cache.weighted_size())
+        self.protected.run_pending_tasks().await;
+        self.probation.run_pending_tasks().await;
+        (
+            self.probation.entry_count() + self.protected.entry_count(),
+            self.probation.weighted_size() + self.protected.weighted_size(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode, Version};
+
+    fn key(n: u64) -> Key {
+        let mut bytes = [0u8; 32];
+        // Spread like a digest: the high bytes vary too.
+        let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        bytes[..8].copy_from_slice(&mixed.to_be_bytes());
+        bytes[8..16].copy_from_slice(&n.to_be_bytes());
+        Key::from_hex(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap()
+    }
+
+    fn record(body_len: usize) -> Arc<Record> {
+        let now = now_millis();
+        Arc::new(Record {
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'x'; body_len]),
+            trailers: None,
+            created_at: now,
+            expires_at: now + 3_600_000,
+            meta: Bytes::new(),
+            info: Default::default(),
+        })
+    }
+
+    /// A gateway's life: a hot entry replayed many times, then a flood of
+    /// one-off misses ten times the budget. TinyLFU admission must keep the
+    /// hot entry over the one-hit wonders.
+    /// A gateway's life: a hot entry replayed many times, then a flood of
+    /// one-off misses ten times the budget. TinyLFU admission must keep the
+    /// hot entry over the one-hit wonders.
+    /// A gateway's life: a hot entry replayed many times, then a flood of
+    /// one-off misses ten times the budget. TinyLFU admission must keep the
+    /// hot entry over the one-hit wonders.
+    /// A gateway's life: a hot entry replayed many times, then a flood of
+    /// one-off misses ten times the budget. TinyLFU admission must keep the
+    /// hot entry over the one-hit wonders.
+    #[tokio::test]
+    async fn a_hot_entry_survives_a_flood_of_one_off_misses() {
+        const BUDGET: u64 = 1024 * 1024;
+        const BODY: usize = 1024;
+        let store = MemoryStore::new(BUDGET);
+        let per_entry = u64::from(record(BODY).weight());
+        let capacity_entries = BUDGET / per_entry;
+
+        let hot = key(u64::MAX);
+        store.insert(hot, record(BODY)).await;
+        for _ in 0..10_000 {
+            assert!(store.get(&hot).await.is_some());
+        }
+        for n in 0..capacity_entries * 10 {
+            let one_off = key(n);
+            assert!(store.get(&one_off).await.is_none());
+            store.insert(one_off, record(BODY)).await;
+        }
+        let (entries, weighed) = store.usage().await;
+        assert!(weighed <= BUDGET, "{weighed} bytes over the budget");
+        assert!(
+            store.get(&hot).await.is_some(),
+            "the hot entry was evicted ({entries} entries, {weighed} bytes)"
+        );
+    }
+
+    /// The same flood with the hot entry replayed all along.
+    #[tokio::test]
+    async fn an_entry_replayed_during_a_flood_stays() {
+        const BUDGET: u64 = 1024 * 1024;
+        const BODY: usize = 1024;
+        let store = MemoryStore::new(BUDGET);
+        let capacity_entries = BUDGET / u64::from(record(BODY).weight());
+        let hot = key(u64::MAX);
+        store.insert(hot, record(BODY)).await;
+        for n in 0..capacity_entries * 10 {
+            assert!(store.get(&key(n)).await.is_none());
+            store.insert(key(n), record(BODY)).await;
+            if n % 10 == 0 {
+                assert!(store.get(&hot).await.is_some(), "lost after {n} misses");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_entry_replaces_a_protected_one() {
+        let store = MemoryStore::new(1024 * 1024);
+        let k = key(1);
+        let old = record(10);
+        store.insert(k, Arc::clone(&old)).await;
+        // The first replay promotes it.
+        assert!(Arc::ptr_eq(&store.get(&k).await.unwrap(), &old));
+        assert!(Arc::ptr_eq(&store.get(&k).await.unwrap(), &old));
+        let new = record(20);
+        store.insert(k, Arc::clone(&new)).await;
+        assert!(Arc::ptr_eq(&store.get(&k).await.unwrap(), &new));
+        assert!(Arc::ptr_eq(&store.get(&k).await.unwrap(), &new));
+        store.remove(&k).await;
+        assert!(store.get(&k).await.is_none());
+    }
+
+    /// More replayed entries than the protected segment holds: those pushed
+    /// out go back to probation, and the whole stays within the budget.
+    #[tokio::test]
+    async fn entries_pushed_out_of_the_protected_segment_are_still_hits() {
+        const BUDGET: u64 = 256 * 1024;
+        const BODY: usize = 1024;
+        let store = MemoryStore::new(BUDGET);
+        let per_entry = u64::from(record(BODY).weight());
+        // Twice what the protected fifth holds, well within the whole budget.
+        let n = BUDGET / 5 / per_entry * 2;
+        for i in 0..n {
+            store.insert(key(i), record(BODY)).await;
+            assert!(store.get(&key(i)).await.is_some(), "promoted");
+        }
+        let (entries, weighed) = store.usage().await;
+        assert!(weighed <= BUDGET, "{weighed} bytes over the budget");
+        let hits = {
+            let mut hits = 0;
+            for i in 0..n {
+                hits += u64::from(store.get(&key(i)).await.is_some());
+            }
+            hits
+        };
+        assert_eq!(hits, n, "{entries} entries, {weighed} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_zero_budget_stores_nothing_and_does_not_panic() {
+        let store = MemoryStore::new(0);
+        store.insert(key(1), record(10)).await;
+        assert!(store.get(&key(1)).await.is_none());
+        assert_eq!(store.usage().await, (0, 0));
     }
 }

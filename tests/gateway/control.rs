@@ -61,7 +61,7 @@ fn assert_no_control_headers(upstream: &Upstream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bypass_goes_to_the_upstream_and_stores_nothing() {
     let upstream = Upstream::echo().await;
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--control-headers"]);
 
     let first = ask(&gateway, &[]).await;
     stored(&gateway, 1).await;
@@ -80,7 +80,7 @@ async fn bypass_goes_to_the_upstream_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_calls_the_upstream_and_replaces_the_entry() {
     let upstream = Upstream::echo().await;
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--control-headers"]);
 
     ask(&gateway, &[]).await;
     stored(&gateway, 1).await;
@@ -105,7 +105,7 @@ async fn refresh_calls_the_upstream_and_replaces_the_entry() {
 async fn ttl_sets_how_long_this_entry_is_replayed() {
     let upstream = Upstream::echo().await;
     // The default TTL is an hour; this request asks for one second.
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--control-headers"]);
 
     ask(&gateway, &[("x-idempotency-ttl", "1")]).await;
     stored(&gateway, 1).await;
@@ -122,7 +122,13 @@ async fn ttl_sets_how_long_this_entry_is_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_keeps_entries_apart() {
     let upstream = Upstream::echo().await;
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--namespace", "model-a"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--namespace",
+        "model-a",
+        "--control-headers",
+    ]);
 
     let a = ask(&gateway, &[]).await;
     stored(&gateway, 1).await;
@@ -141,7 +147,7 @@ async fn namespace_keeps_entries_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_control_value_is_answered_400_without_an_upstream_call() {
     let upstream = Upstream::echo().await;
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--control-headers"]);
     for (name, value) in [
         ("x-idempotency-ttl", "soon"),
         ("x-idempotency-bypass", "perhaps"),
@@ -150,4 +156,38 @@ async fn an_invalid_control_value_is_answered_400_without_an_upstream_call() {
         assert_eq!(answer.status, 400, "{name}: {value}");
     }
     assert_eq!(upstream.calls.get(), 0);
+}
+
+/// Off by default: on a shared gateway no caller steers the cache. The
+/// headers are removed, so they neither steer it nor reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_flag_control_headers_are_stripped_and_steer_nothing() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+
+    let first = ask(&gateway, &[]).await;
+    stored(&gateway, 1).await;
+    for (name, value) in [
+        ("x-idempotency-bypass", "true"),
+        ("x-idempotency-refresh", "true"),
+        ("x-idempotency-namespace", "other"),
+        ("x-idempotency-ttl", "soon"),
+    ] {
+        let answer = ask(&gateway, &[(name, value)]).await;
+        assert_eq!(answer.status, 200, "{name}: {answer:?}");
+        assert!(
+            answer.cache_status().contains("; hit"),
+            "{name}: {answer:?}"
+        );
+        assert_eq!(answer.body, first.body);
+    }
+    // A request that goes through carries none of them either.
+    let bypass = ask(
+        &gateway,
+        &[("cache-control", "no-store"), ("x-idempotency-ttl", "5")],
+    )
+    .await;
+    assert_eq!(bypass.cache_status(), "tower-idempotency; fwd=bypass");
+    assert_eq!(upstream.calls.get(), 2);
+    assert_no_control_headers(&upstream);
 }

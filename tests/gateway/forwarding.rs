@@ -107,3 +107,40 @@ async fn an_unreachable_upstream_is_answered_502_and_not_stored() {
     assert_eq!(stats["process"]["upstream_calls"], 2, "{stats}");
     assert_eq!(stats["process"]["stored"], 0);
 }
+
+/// `Connection` can name any header as hop-by-hop, credentials included:
+/// the request is keyed as it is forwarded, without them, so an answer made
+/// without credentials is never replayed to a caller who sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_the_connection_header_names_is_not_in_the_key() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let ask = |connection: Option<&str>| {
+        let mut request = Request::post(gateway.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer sk-B");
+        if let Some(connection) = connection {
+            request = request.header("connection", connection);
+        }
+        request
+            .body(Full::new(Bytes::from_static(b"{\"q\":1}")))
+            .unwrap()
+    };
+
+    let stripped = send(ask(Some("close, authorization"))).await;
+    assert_eq!(stripped.status, 200, "{stripped:?}");
+    let echo: Value = serde_json::from_slice(&stripped.body).unwrap();
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "hop-by-hop: the upstream sees no credentials"
+    );
+
+    let plain = send(ask(None)).await;
+    let echo: Value = serde_json::from_slice(&plain.body).unwrap();
+    assert_eq!(
+        echo["headers"]["authorization"], "Bearer sk-B",
+        "answered from the upstream with credentials, not replayed: {plain:?}"
+    );
+    assert_eq!(echo["call"], 2);
+    assert_eq!(upstream.calls.get(), 2);
+}

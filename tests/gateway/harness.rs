@@ -53,17 +53,36 @@ impl Gateway {
     /// Starts `gateway --listen 127.0.0.1:0 ARGS...` and waits for its
     /// `listening on ADDR` line.
     pub fn start(args: &[&str]) -> Gateway {
+        Self::start_command(command(args))
+    }
+
+    /// [`start`](Self::start), in a process whose file-descriptor limit
+    /// (soft and hard) is `limit`.
+    #[cfg(unix)]
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let mut command = command(args);
+        #[allow(unsafe_code)]
+        // SAFETY: the closure only calls setrlimit, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_command(command)
+    }
+
+    fn start_command(mut command: Command) -> Gateway {
         let binary = binary();
-        let mut child = Command::new(&binary)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot run {}: {error}", binary.display()));
 
@@ -183,6 +202,53 @@ impl Drop for Gateway {
     }
 }
 
+/// `gateway --listen 127.0.0.1:0 ARGS...`, its output piped.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env(
+            "RUST_LOG",
+            env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs the gateway with `args`, expecting it to stop at once (refusing
+/// them, or printing its help): returns its exit status and what it printed
+/// on both streams. Fails if it is still running after ten seconds.
+pub fn start_refused(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = command(args).spawn().expect("run the gateway");
+    let (done, finished) = mpsc::channel();
+    for mut stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            let _ = done.send(text);
+        });
+    }
+    let mut output = Vec::new();
+    for _ in 0..2 {
+        match finished.recv_timeout(Duration::from_secs(10)) {
+            Ok(text) => output.push(text),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway started with {args:?}");
+            }
+        }
+    }
+    (child.wait().expect("wait for the gateway"), output.concat())
+}
+
 /// Reads `stream` line by line on a thread of its own, so the child never
 /// blocks on a full pipe.
 fn drain(stream: impl Read + Send + 'static, mut each: impl FnMut(String) + Send + 'static) {
@@ -220,7 +286,8 @@ fn binary() -> PathBuf {
         ),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("examples/gateway.rs"), root.join("Cargo.toml")];
+    let mut sources = vec![root.join("Cargo.toml")];
+    collect_files(&root.join("examples/gateway"), &mut sources);
     collect_files(&root.join("src"), &mut sources);
     if let Some(newer) = sources.iter().find(|source| modified(source) > built) {
         panic!(

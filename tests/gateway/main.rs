@@ -13,9 +13,13 @@ mod harness;
 mod upstream;
 
 mod bodies;
+mod connections;
 mod control;
+mod flags;
 mod forwarding;
+mod memory;
 mod sharing;
 mod shutdown;
 mod stats;
 mod streaming;
+mod timeouts;

@@ -1,0 +1,446 @@
+//! The command line: every flag, its default, and the checks that turn a bad
+//! value into a clear error at start-up.
+
+use std::{ffi::OsString, path::PathBuf, process, time::Duration};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use http::HeaderName;
+use tower_idempotency::ai::{ModelPrice, PriceTable};
+
+use crate::proxy::{parse_upstream, UpstreamBase};
+
+/// The longest timeout any flag accepts: one day. Longer is surely a typo,
+/// and would overflow deadlines far in the future.
+const MAX_TIMEOUT_SECS: f64 = 24.0 * 60.0 * 60.0;
+/// The longest TTL: a year.
+const MAX_TTL_SECS: u64 = 365 * 24 * 60 * 60;
+const MIB: u64 = 1024 * 1024;
+/// The largest byte size any flag accepts: 1 TiB for the cache, 1 GiB for a
+/// body.
+const MAX_L1_BYTES: u64 = 1024 * 1024 * MIB;
+const MAX_BODY_BYTES: u64 = 1024 * MIB;
+/// Prices above a million dollars (per call, or per million tokens) are
+/// surely a typo.
+const MAX_PRICE: f64 = 1_000_000.0;
+/// The most connections `--max-connections` accepts.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// An idempotency reverse proxy: replays repeated requests and lets one of
+/// many concurrent duplicates reach the upstream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// A TOML file of settings named like the flags, for example
+    /// `upstream = "https://api.openai.com"`, `ttl = 600`,
+    /// `vary-header = ["x-tenant"]`, `control-headers = true`. Flags on the
+    /// command line override it; repeatable ones add to its lists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// The API to forward to: http:// or https://, optionally with a base
+    /// path that is put in front of every request's path.
+    #[arg(long, value_name = "URL", value_parser = parse_upstream)]
+    pub upstream: UpstreamBase,
+
+    /// A Redis shared by every gateway instance (redis://host:port/db).
+    /// Without it (or --redis-cluster) each gateway caches in memory only.
+    #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
+    pub redis: Option<String>,
+
+    /// Nodes of a Redis Cluster to share instead of --redis.
+    #[arg(long, value_name = "URL,URL,...", value_delimiter = ',', num_args = 1..)]
+    pub redis_cluster: Option<Vec<String>>,
+
+    /// Part of every key: change it (a model version) to start afresh.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub namespace: String,
+
+    /// How long a stored response is replayed, in seconds (1 to a year).
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_ttl, allow_negative_numbers = true)]
+    pub ttl: Duration,
+
+    /// Largest request body fingerprinted and largest response stored, in
+    /// bytes (K, M, G suffixes: powers of 1024). Larger requests pass through
+    /// uncached; larger responses reach their callers in full but are not
+    /// stored.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_body_size)]
+    pub max_body: usize,
+
+    /// The in-process cache's budget, in bytes (K, M, G suffixes).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_l1_capacity)]
+    pub l1_capacity: u64,
+
+    /// A request header whose value goes into the key, on top of the
+    /// defaults (authorization, x-api-key, cookie, content-type, accept,
+    /// accept-encoding and the AI providers' credential and version
+    /// headers). Repeatable.
+    #[arg(long = "vary-header", value_name = "NAME", value_parser = parse_header_name)]
+    pub vary_headers: Vec<HeaderName>,
+
+    /// Let callers steer the cache with `x-idempotency-*` request headers
+    /// (bypass, refresh, ttl, namespace). Off: those headers are removed
+    /// before the cache and the upstream see them. Turn it on only where
+    /// every caller is trusted with the shared cache.
+    #[arg(long)]
+    pub control_headers: bool,
+
+    /// Prices of a model, in USD per million tokens: MODEL=INPUT,OUTPUT or
+    /// MODEL=INPUT,OUTPUT,CACHED_INPUT. A MODEL also prices the names it is
+    /// a prefix of (gpt-4o prices gpt-4o-2024-08-06). Repeatable. Money
+    /// saved appears in /_idempotency/stats.
+    #[arg(long = "price", value_name = "MODEL=IN,OUT[,CACHED]", value_parser = parse_price)]
+    pub prices: Vec<(String, ModelPrice)>,
+
+    /// A flat price in USD per call, for calls no --price prices.
+    #[arg(long, value_name = "USD", value_parser = parse_price_per_call, allow_negative_numbers = true)]
+    pub price_per_call: Option<f64>,
+
+    /// Seconds a client may take to send a request head, once it has
+    /// started sending it.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub header_timeout: Duration,
+
+    /// Seconds a request body may go without progress (no bytes arriving)
+    /// before the request is aborted.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub body_timeout: Duration,
+
+    /// Seconds a connection may wait for its next request (or its first)
+    /// before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub keepalive_timeout: Duration,
+
+    /// Most client connections at once; further ones wait in the listen
+    /// queue until a connection closes. Lowered at start-up to what the
+    /// process's file-descriptor limit allows.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = parse_max_connections, allow_negative_numbers = true)]
+    pub max_connections: usize,
+
+    /// Seconds the upstream may take to answer with a response head; past
+    /// it the caller gets 504 Gateway Timeout. Generous by default: a
+    /// reasoning model can think for minutes before its first byte.
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub upstream_timeout: Duration,
+
+    /// Seconds the upstream's response body may go without a new chunk;
+    /// past it the response ends with an error and is not stored.
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub idle_timeout: Duration,
+
+    /// Seconds a duplicate waits for the identical request in progress
+    /// before it goes to the upstream itself. Default: --upstream-timeout.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub wait_timeout: Option<Duration>,
+}
+
+/// The command line, with the `--config` file's settings under it. Exits
+/// with a message (status 2) on a bad flag, file or setting.
+pub fn parse() -> Args {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let Some(path) = config_path(&argv) else {
+        return Args::parse_from(argv);
+    };
+    let fail = |message: String| -> ! {
+        eprintln!("gateway: in {}: {message}", path.display());
+        process::exit(2);
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| fail(error.to_string()));
+    let settings = config_flags(&text).unwrap_or_else(|message| fail(message));
+
+    // The file's settings alone must make sense, so that an error names it.
+    let mut alone = vec![argv[0].clone()];
+    alone.extend(settings.iter().cloned());
+    if !settings.iter().any(|flag| flag == "--upstream") {
+        alone.extend(["--upstream".into(), "http://127.0.0.1".into()]);
+    }
+    if let Err(error) = Args::command().try_get_matches_from(alone) {
+        eprintln!("gateway: in {}:", path.display());
+        error.exit();
+    }
+    // The command line after the file: for a flag given in both, the
+    // command line's value comes last and wins.
+    let mut merged = vec![argv[0].clone()];
+    merged.extend(settings);
+    merged.extend(argv[1..].iter().cloned());
+    let matches = Args::command()
+        .args_override_self(true)
+        .get_matches_from(merged);
+    Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The value of `--config` (or `--config=`), if given.
+fn config_path(argv: &[OsString]) -> Option<PathBuf> {
+    let mut args = argv.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            return None;
+        }
+        if text == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// A TOML file's settings as the flags they stand for.
+fn config_flags(text: &str) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = text.parse().map_err(|error| format!("{error}"))?;
+    let command = Args::command();
+    let mut flags = Vec::new();
+    for (name, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name.as_str()) && name != "config")
+            .ok_or_else(|| {
+                format!("`{name}` is not a setting (settings are named like the flags)")
+            })?;
+        let flag = OsString::from(format!("--{name}"));
+        let takes_value = arg.get_action().takes_values();
+        let scalar = |value: &toml::Value| -> Result<String, String> {
+            match value {
+                toml::Value::String(text) => Ok(text.clone()),
+                toml::Value::Integer(n) => Ok(n.to_string()),
+                toml::Value::Float(x) => Ok(x.to_string()),
+                _ => Err(format!("`{name}` takes a string or a number")),
+            }
+        };
+        match (&value, takes_value) {
+            (toml::Value::Boolean(on), false) => {
+                if *on {
+                    flags.push(flag);
+                }
+            }
+            (_, false) => return Err(format!("`{name}` is true or false")),
+            (toml::Value::Array(values), true) => {
+                for value in values {
+                    flags.push(flag.clone());
+                    flags.push(scalar(value)?.into());
+                }
+            }
+            (value, true) => {
+                flags.push(flag);
+                flags.push(scalar(value)?.into());
+            }
+        }
+    }
+    Ok(flags)
+}
+
+impl Args {
+    /// The price table, if any price was given.
+    pub fn price_table(&self) -> Option<PriceTable> {
+        if self.prices.is_empty() && self.price_per_call.is_none() {
+            return None;
+        }
+        let mut table = PriceTable::new();
+        for (model, price) in &self.prices {
+            table = table.with_model_price(model.clone(), *price);
+        }
+        if let Some(dollars) = self.price_per_call {
+            table = table.with_per_call(dollars);
+        }
+        Some(table)
+    }
+}
+
+/// Seconds, fractions allowed: more than zero, at most a day.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    if seconds > MAX_TIMEOUT_SECS {
+        return Err(format!(
+            "must be at most {MAX_TIMEOUT_SECS} seconds (a day)"
+        ));
+    }
+    let duration = Duration::from_secs_f64(seconds);
+    if duration < Duration::from_millis(1) {
+        return Err("must be at least 0.001 seconds".into());
+    }
+    Ok(duration)
+}
+
+/// Whole seconds, 1 to a year.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let seconds: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
+    if seconds == 0 {
+        return Err("must be at least 1 second".into());
+    }
+    if seconds > MAX_TTL_SECS {
+        return Err(format!("must be at most {MAX_TTL_SECS} seconds (a year)"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Bytes: digits with an optional K, M or G suffix (powers of 1024; `KiB`,
+/// `MB` and the like are read the same way).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of bytes (like 65536, 64K or 16M)"))?;
+    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => MIB,
+        "g" | "gb" | "gib" => 1024 * MIB,
+        _ => return Err(format!("`{text}`: unknown unit (use K, M or G)")),
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn parse_body_size(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    if bytes > MAX_BODY_BYTES {
+        return Err("must be at most 1G".into());
+    }
+    usize::try_from(bytes).map_err(|_| "too large for this machine".into())
+}
+
+fn parse_l1_capacity(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes < MIB {
+        return Err("must be at least 1M".into());
+    }
+    if bytes > MAX_L1_BYTES {
+        return Err("must be at most 1024G".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    if n > MAX_CONNECTIONS {
+        return Err(format!("must be at most {MAX_CONNECTIONS}"));
+    }
+    usize::try_from(n).map_err(|_| "too large for this machine".into())
+}
+
+fn parse_header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.trim().as_bytes())
+        .map_err(|_| format!("`{text}` is not a header name"))
+}
+
+/// Dollars: finite, not negative, at most a million.
+fn parse_dollars(text: &str) -> Result<f64, String> {
+    let dollars: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of dollars"))?;
+    if !dollars.is_finite() || dollars < 0.0 {
+        return Err(format!(
+            "`{text}`: a price is a number of dollars, 0 or more"
+        ));
+    }
+    if dollars > MAX_PRICE {
+        return Err(format!("`{text}`: a price is at most {MAX_PRICE} dollars"));
+    }
+    Ok(dollars)
+}
+
+fn parse_price_per_call(text: &str) -> Result<f64, String> {
+    parse_dollars(text)
+}
+
+/// `MODEL=INPUT,OUTPUT[,CACHED_INPUT]`.
+fn parse_price(text: &str) -> Result<(String, ModelPrice), String> {
+    let (model, prices) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected MODEL=INPUT,OUTPUT[,CACHED_INPUT]"))?;
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(format!("`{text}`: the model name is empty"));
+    }
+    let prices = prices
+        .split(',')
+        .map(parse_dollars)
+        .collect::<Result<Vec<_>, _>>()?;
+    let price = match prices[..] {
+        [input, output] => ModelPrice::new(input, output),
+        [input, output, cached] => ModelPrice::new(input, output).with_cached_input(cached),
+        _ => {
+            return Err(format!(
+                "`{text}`: expected two or three prices (input, output, cached input)"
+            ))
+        }
+    };
+    Ok((model.to_owned(), price))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "nan", "inf", "1e30", "soon", "", "0.0000001"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(parse_bytes("16M"), Ok(16 * MIB));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        for bad in [
+            "",
+            "M",
+            "1T",
+            "-1",
+            "99999999999999999999",
+            "18446744073709551615G",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prices() {
+        let (model, price) = parse_price("gpt-4o=2.5,10,1.25").unwrap();
+        assert_eq!(model, "gpt-4o");
+        assert_eq!(price, ModelPrice::new(2.5, 10.0).with_cached_input(1.25));
+        for bad in [
+            "gpt-4o",
+            "=1,2",
+            "m=1",
+            "m=1,2,3,4",
+            "m=a,b",
+            "m=-1,2",
+            "m=1,inf",
+        ] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+}

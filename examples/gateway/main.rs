@@ -1,0 +1,264 @@
+//! An idempotency reverse proxy: put it in front of a paid API and repeats
+//! stop costing money.
+//!
+//! Every request is forwarded to `--upstream` through `IdempotencyLayer`:
+//! repeats are replayed from memory (and, with `--redis`, from a Redis that
+//! every gateway instance shares), and of many concurrent identical requests
+//! only one reaches the upstream, whichever instance they arrive at.
+//! Responses are streamed back as they arrive, server-sent events included.
+//!
+//! ```text
+//! cargo run --example gateway -- --upstream https://api.openai.com --redis redis://127.0.0.1:6379/
+//! ```
+//!
+//! It prints `listening on ADDR` once it accepts connections (with
+//! `--listen 127.0.0.1:0`, the port it was given), serves the layer's
+//! counters at `GET /_idempotency/stats`, logs to stderr (filter with
+//! `RUST_LOG`), and on SIGTERM or Ctrl-C stops accepting connections and lets
+//! the requests in flight finish before it exits.
+//!
+//! Its unit tests (flag values, the body timeout) run with
+//! `cargo test --all-features --example gateway`; `tests/gateway/` runs the
+//! binary.
+//!
+//! Every connection and upstream call is bounded in time, and the number of
+//! connections by memory and file descriptors: see `--help` and the
+//! README's "Run it as a proxy".
+
+mod args;
+mod proxy;
+mod server;
+mod timeout;
+
+use std::{
+    future::Future,
+    io::{IsTerminal, Write},
+    pin::Pin,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Request as AxumRequest, State},
+    middleware::{self, Next},
+    response::Response as AxumResponse,
+    routing::get,
+    Json, Router,
+};
+use http::Request;
+use serde_json::{json, Value};
+use tower::ServiceBuilder;
+use tower_idempotency::{BoxError, IdempotencyLayer, RedisStore};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    args::Args,
+    proxy::{strip_control_headers, strip_hop_by_hop, Proxy},
+    server::Limits,
+};
+
+/// Path of the gateway's own statistics endpoint; never forwarded.
+const STATS_PATH: &str = "/_idempotency/stats";
+
+/// How long, after the last connection closed, the gateway waits for upstream
+/// calls whose callers went away (they complete, and are stored, because they
+/// have been paid for).
+const DRAIN_FLIGHTS: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let args = args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {}", chain(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    // A duplicate waits as long as the call it waits for may take to answer.
+    let wait_timeout = args.wait_timeout.unwrap_or(args.upstream_timeout);
+    let mut builder = IdempotencyLayer::builder()
+        .namespace(args.namespace.clone())
+        .ttl(args.ttl)
+        .max_request_body(args.max_body)
+        .max_response_body(args.max_body)
+        .l1_capacity(args.l1_capacity)
+        .wait_timeout(wait_timeout)
+        .control_headers(args.control_headers);
+    for name in &args.vary_headers {
+        builder = builder.vary_header(name.clone());
+    }
+    if let Some(prices) = args.price_table() {
+        builder = builder.prices(prices);
+    }
+    if let Some(url) = &args.redis {
+        let store = RedisStore::builder(url.as_str())
+            .connect()
+            .await
+            .map_err(|error| format!("cannot connect to redis at {url}: {error}"))?;
+        builder = builder.redis(store);
+        tracing::info!(%url, "sharing entries through redis");
+    } else if let Some(urls) = &args.redis_cluster {
+        let store = RedisStore::cluster_builder(urls.iter().cloned())
+            .connect()
+            .await
+            .map_err(|error| format!("cannot connect to the redis cluster: {error}"))?;
+        builder = builder.redis(store);
+        tracing::info!(nodes = ?urls, "sharing entries through a redis cluster");
+    } else {
+        tracing::info!("no --redis: entries are cached in this process only");
+    }
+    let layer = builder.build();
+
+    let upstream = args.upstream.to_string();
+    let proxy = Proxy::new(args.upstream, args.upstream_timeout, args.idle_timeout)?;
+    let control_headers = args.control_headers;
+    let forward = ServiceBuilder::new()
+        // Keyed as forwarded: what the upstream will not see (hop-by-hop
+        // headers, and those `Connection` names) is not in the key either.
+        .map_request(move |mut request: Request<axum::body::Body>| {
+            strip_hop_by_hop(request.headers_mut());
+            if !control_headers {
+                strip_control_headers(request.headers_mut());
+            }
+            request
+        })
+        .layer(layer.clone())
+        .service(proxy);
+    let app = Router::new()
+        .route(STATS_PATH, get(stats))
+        .with_state(layer.clone())
+        .fallback_service(forward)
+        .layer(middleware::from_fn(log_request));
+
+    let limits = Limits {
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        keepalive_timeout: args.keepalive_timeout,
+        max_connections: args.max_connections,
+    };
+    let (max_connections, fd_limit) = server::connection_budget(limits.max_connections);
+    if max_connections < limits.max_connections {
+        tracing::warn!(
+            requested = limits.max_connections,
+            max_connections,
+            fd_limit,
+            "the file-descriptor limit allows fewer connections than --max-connections"
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
+    tracing::info!(%address, %upstream, max_connections, "gateway ready");
+    // The one line a supervisor (or a test) waits for.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {address}")?;
+    stdout.flush()?;
+    drop(stdout);
+
+    server::serve(listener, app, limits, max_connections, shutdown).await;
+
+    // Every connection is closed. Upstream calls whose callers went away run
+    // in tasks of their own; give them a moment to finish and be stored.
+    let deadline = Instant::now() + DRAIN_FLIGHTS;
+    while layer.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Installs the SIGTERM and Ctrl-C handlers now, so that a signal arriving
+/// right after start-up is not lost; the future resolves on the first.
+fn shutdown_signal() -> std::io::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: finishing the requests in flight"),
+                _ = interrupt.recv() => tracing::info!("ctrl-c: finishing the requests in flight"),
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(Box::pin(async {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => tracing::info!("ctrl-c: finishing the requests in flight"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for ctrl-c");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }))
+    }
+}
+
+/// `GET /_idempotency/stats`: this process's counters, with Redis the
+/// fleet's, and what the in-process cache holds.
+async fn stats(State(layer): State<IdempotencyLayer>) -> Json<Value> {
+    let fleet = match layer.fleet_stats().await {
+        Some(Ok(fleet)) => json!(fleet),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "cannot read the fleet statistics from redis");
+            Value::Null
+        }
+        None => Value::Null,
+    };
+    let (entries, weighed) = layer.l1_usage().await;
+    Json(json!({
+        "process": layer.stats(),
+        "fleet": fleet,
+        "l1": { "entries": entries, "weighed_bytes": weighed },
+    }))
+}
+
+/// Logs one line per request: what, the outcome, and how long the head took.
+async fn log_request(request: AxumRequest, next: Next) -> AxumResponse {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let cache_status = response
+        .headers()
+        .get(tower_idempotency::CACHE_STATUS)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        cache_status,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// An error and its sources, on one line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
