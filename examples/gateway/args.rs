@@ -55,13 +55,27 @@ pub struct Args {
     #[arg(long, value_name = "URL,URL,...", value_delimiter = ',', num_args = 1..)]
     pub redis_cluster: Option<Vec<String>>,
 
+    /// A SQLite file that keeps answers across restarts, instead of Redis
+    /// (built with the `sqlite` feature). A file that cannot be opened is
+    /// logged and the gateway runs on its in-process cache.
+    #[cfg(feature = "sqlite")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["redis", "redis_cluster"])]
+    pub sqlite: Option<PathBuf>,
+
     /// Part of every key: change it (a model version) to start afresh.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub namespace: String,
 
-    /// How long a stored response is replayed, in seconds (1 to a year).
+    /// How long a stored response is replayed, in seconds (1 to a year,
+    /// and at most --max-ttl).
     #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_ttl, allow_negative_numbers = true)]
     pub ttl: Duration,
+
+    /// The longest an entry may be kept, in seconds (1 to a year): the
+    /// ceiling of --ttl and, with --control-headers, of a caller's
+    /// x-idempotency-ttl (a longer one is answered 400). 30 days by default.
+    #[arg(long, value_name = "SECONDS", default_value = "2592000", value_parser = parse_ttl, allow_negative_numbers = true)]
+    pub max_ttl: Duration,
 
     /// Largest request body fingerprinted and largest response stored, in
     /// bytes (K, M, G suffixes: powers of 1024). Larger requests pass through

@@ -48,7 +48,7 @@ use axum::{
 use http::Request;
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
-use tower_idempotency::{BoxError, IdempotencyLayer, RedisStore};
+use tower_idempotency::{BoxError, Builder, IdempotencyLayer, RedisStore};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -84,16 +84,56 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Adds the `--sqlite` store to the layer, if one was asked for and it
+/// opens; says whether it did.
+#[cfg(feature = "sqlite")]
+fn with_sqlite(args: &Args, builder: Builder) -> (Builder, bool) {
+    let Some(path) = args.sqlite.as_ref() else {
+        return (builder, false);
+    };
+    match tower_idempotency::SqliteStore::open(path) {
+        Ok(store) => {
+            tracing::info!(path = %path.display(), "keeping entries in a sqlite file");
+            (builder.sqlite(store), true)
+        }
+        Err(error) => {
+            tracing::error!(error = %chain(&error), "cannot use the sqlite file");
+            (builder, false)
+        }
+    }
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn with_sqlite(_: &Args, builder: Builder) -> (Builder, bool) {
+    (builder, false)
+}
+
 async fn run(args: Args) -> Result<(), BoxError> {
     // A duplicate waits as long as the call it waits for may take to answer.
     let wait_timeout = args.wait_timeout.unwrap_or(args.upstream_timeout);
+    if args.ttl > args.max_ttl {
+        return Err(format!(
+            "--ttl ({} s) is above --max-ttl ({} s)",
+            args.ttl.as_secs(),
+            args.max_ttl.as_secs()
+        )
+        .into());
+    }
     let mut builder = IdempotencyLayer::builder()
         .namespace(args.namespace.clone())
+        // Every request goes to the one upstream: the name a client used
+        // to reach this gateway is not part of what is sent.
+        .key_authority(false)
         .ttl(args.ttl)
+        .max_ttl(args.max_ttl)
         .max_request_body(args.max_body)
         .max_response_body(args.max_body)
         .l1_capacity(args.l1_capacity)
         .wait_timeout(wait_timeout)
+        // The proxy answers 504 and ends a silent body itself; the layer's
+        // own bounds match, so a leader is let go at the same moment.
+        .upstream_timeout(args.upstream_timeout)
+        .idle_timeout(args.idle_timeout)
         .control_headers(args.control_headers);
     for name in &args.vary_headers {
         builder = builder.vary_header(name.clone());
@@ -116,7 +156,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         builder = builder.redis(store);
         tracing::info!(nodes = ?urls, "sharing entries through a redis cluster");
     } else {
-        tracing::info!("no --redis: entries are cached in this process only");
+        let kept;
+        (builder, kept) = with_sqlite(&args, builder);
+        if !kept {
+            tracing::info!("no --redis nor --sqlite: entries are cached in this process only");
+        }
     }
     let layer = builder.build();
 

@@ -167,7 +167,6 @@ async fn a_stalled_upstream_body_ends_the_response_and_is_not_stored() {
 /// The same within one gateway: the duplicate follows the hanging call in
 /// process, and gives up after `--wait-timeout` too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a deadline on the layer's in-process follower wait"]
 async fn a_duplicate_in_the_same_gateway_is_answered_within_the_wait_timeout() {
     let upstream = first_call(First::Hangs).await;
     let gateway = Gateway::start(&["--upstream", &upstream.url(), "--wait-timeout", "1"]);
