@@ -159,3 +159,5 @@ pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 pub use store::redis::{
     EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError, TopEntry,
 };
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteError, SqliteStore, SqliteStoreBuilder};

@@ -27,7 +27,6 @@
 //! circuit breaker stops trying for a while after repeated failures, then
 //! probes. Bytes under our keys that do not decode are a miss and a log line.
 
-mod breaker;
 mod events;
 pub(crate) mod scripts;
 
@@ -50,11 +49,11 @@ use redis::{
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use self::{
+use self::events::{Event, Waiters};
+use super::{
     breaker::{Breaker, Change},
-    events::{Event, Waiters},
+    FleetCounter, Lookup, MemoryStore,
 };
-use super::{FleetCounter, Lookup, MemoryStore};
 use crate::{
     key::Key,
     record::{codec, now_millis, Meta, Record},

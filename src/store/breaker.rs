@@ -1,14 +1,14 @@
-//! A circuit breaker: after repeated failures, stop asking Redis for a while.
+//! A circuit breaker: after repeated failures, stop asking the L2 for a while.
 
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-/// Closed: every operation goes to Redis. Open: none does until the cool-down
+/// Closed: every operation goes to the store. Open: none does until the cool-down
 /// ends. Then one probe goes; its success closes the breaker, its failure
 /// opens it again.
-pub(super) struct Breaker {
+pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<State>,
@@ -23,7 +23,7 @@ enum State {
 
 /// What a result changed, so that the caller logs once per burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Change {
+pub(crate) enum Change {
     None,
     /// The first failure after a success.
     FirstFailure,
@@ -34,7 +34,7 @@ pub(super) enum Change {
 }
 
 impl Breaker {
-    pub(super) fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
             threshold: threshold.max(1),
             cooldown,
@@ -48,8 +48,8 @@ impl Breaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether an operation may go to Redis now.
-    pub(super) fn permit(&self) -> bool {
+    /// Whether an operation may go to the store now.
+    pub(crate) fn permit(&self) -> bool {
         let mut state = self.state();
         let now = Instant::now();
         match *state {
@@ -66,7 +66,7 @@ impl Breaker {
         }
     }
 
-    pub(super) fn success(&self) -> Change {
+    pub(crate) fn success(&self) -> Change {
         let mut state = self.state();
         let change = match *state {
             State::Closed { .. } => Change::None,
@@ -76,7 +76,7 @@ impl Breaker {
         change
     }
 
-    pub(super) fn failure(&self) -> Change {
+    pub(crate) fn failure(&self) -> Change {
         let mut state = self.state();
         match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => {
