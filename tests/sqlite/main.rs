@@ -180,3 +180,63 @@ async fn a_corrupt_file_never_fails_a_request() {
         "the corrupt file was noticed: {health:?}"
     );
 }
+
+/// Makes a file immutable (read-only even for root) for the guard's life.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: &std::path::Path) -> Self {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .expect("chattr (e2fsprogs) makes the file read-only, even for root");
+        assert!(status.success(), "chattr +i failed on {}", path.display());
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_file_still_answers_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answers.sqlite3");
+    let (upstream, calls) = numbered();
+    {
+        let service = ServiceBuilder::new()
+            .layer(layer(&path))
+            .service(upstream.clone());
+        fetch(&service, post("/a", "kept")).await;
+    }
+    let wal = dir.path().join("answers.sqlite3-wal");
+    let closed = support::eventually(Duration::from_secs(5), || {
+        query::<i64>(&path, "SELECT COUNT(*) FROM ai_result_cache") == 1 && !wal.exists()
+    })
+    .await;
+    assert!(closed);
+    let _read_only = Immutable::new(&path);
+
+    // What was stored is still served; what is new is answered (and kept
+    // in memory) even if the file cannot take it.
+    let store = SqliteStore::open(&path).expect("a read-only file opens for reading");
+    let layer = IdempotencyLayer::builder()
+        .namespace("v1")
+        .sqlite(store)
+        .build();
+    let service = ServiceBuilder::new().layer(layer).service(upstream);
+    assert_eq!(fetch(&service, post("/a", "kept")).await.body, "answer #1");
+    for _ in 0..2 {
+        let answer = fetch(&service, post("/a", "new one")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "answer #2");
+    }
+    assert_eq!(calls.get(), 2);
+}
