@@ -114,7 +114,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 // The README's examples compile as doc-tests.
-#[cfg(all(doctest, feature = "redis", feature = "reqwest"))]
+#[cfg(all(doctest, feature = "redis", feature = "reqwest", feature = "sqlite"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

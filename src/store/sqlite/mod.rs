@@ -72,12 +72,11 @@
 mod worker;
 
 use std::{
-    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc, Arc, Mutex, PoisonError,
+        mpsc, Arc, PoisonError,
     },
     time::Duration,
 };
@@ -85,7 +84,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use self::worker::{Op, Row, Worker};
+use self::worker::{Get, Hits, Outcome, Row, Write};
 use super::{
     breaker::{Breaker, Change},
     Lookup,
@@ -103,11 +102,12 @@ pub struct SqliteStore {
 }
 
 struct Shared {
-    ops: mpsc::SyncSender<Op>,
+    reads: mpsc::SyncSender<Get>,
+    writes: mpsc::SyncSender<Write>,
     settings: Settings,
     breaker: Breaker,
     /// Hits not yet written, by key: how many, and the last one's time.
-    hits: Arc<Mutex<HashMap<Key, (u64, u64)>>>,
+    hits: Hits,
     errors: AtomicU64,
     skipped: AtomicU64,
     decode_errors: AtomicU64,
@@ -214,24 +214,34 @@ impl SqliteStoreBuilder {
     /// whether to go on without an L2. Failures after this point never fail
     /// a request.
     pub fn open(self) -> Result<SqliteStore, SqliteError> {
-        let (ops, queue) = mpsc::sync_channel(self.settings.queue);
-        let hits = Arc::new(Mutex::new(HashMap::new()));
-        let worker = Worker::open(&self.path, self.settings.clone(), Arc::clone(&hits)).map_err(
-            |source| SqliteError {
-                path: self.path.clone(),
-                source: Box::new(source),
-            },
-        )?;
-        std::thread::Builder::new()
-            .name("tower-idempotency-sqlite".into())
-            .spawn(move || worker.run(queue))
-            .map_err(|error| SqliteError {
-                path: self.path.clone(),
-                source: Box::new(error),
-            })?;
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| SqliteError {
+            path: self.path.clone(),
+            source,
+        };
+        let hits = Hits::default();
+        let (writer, reader) = worker::open(&self.path, self.settings.clone(), Arc::clone(&hits))
+            .map_err(|error| failed(Box::new(error)))?;
+        let (reads, read_queue) = mpsc::sync_channel(self.settings.queue);
+        let (writes, write_queue) = mpsc::sync_channel(self.settings.queue);
+        for (name, run) in [
+            (
+                "tower-idempotency-sqlite-read",
+                Box::new(move || reader.run(read_queue)) as Box<dyn FnOnce() + Send>,
+            ),
+            (
+                "tower-idempotency-sqlite-write",
+                Box::new(move || writer.run(write_queue)),
+            ),
+        ] {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|error| failed(Box::new(error)))?;
+        }
         Ok(SqliteStore {
             shared: Arc::new(Shared {
-                ops,
+                reads,
+                writes,
                 breaker: Breaker::new(
                     self.settings.breaker_failures,
                     self.settings.breaker_cooldown,
@@ -267,7 +277,7 @@ impl std::error::Error for SqliteError {
 
 /// Why an operation did not happen.
 enum Failure {
-    Sqlite(rusqlite::Error),
+    Sqlite(Arc<rusqlite::Error>),
     TimedOut,
     /// The store's thread is gone (it panicked).
     Stopped,
@@ -314,39 +324,30 @@ impl SqliteStore {
 
     /// Writes the hits counted so far now, instead of at the next flush.
     pub async fn flush(&self) {
-        let write_timeout = self.shared.settings.write_timeout;
-        self.call(write_timeout, |reply| Op::Flush { reply }).await;
+        self.write(|reply| Write::Flush { reply }).await;
     }
 
     /// Deletes one entry.
     pub async fn purge(&self, key: &Key) {
         let key = *key;
-        let write_timeout = self.shared.settings.write_timeout;
-        self.call(write_timeout, |reply| Op::Purge { key, reply })
-            .await;
+        self.write(|reply| Write::Purge { key, reply }).await;
     }
 
     /// Deletes every entry of a namespace (`model_version`); returns how
     /// many, or `None` if the file could not be written.
     pub async fn purge_namespace(&self, namespace: &str) -> Option<u64> {
         let namespace = namespace.to_owned();
-        let write_timeout = self.shared.settings.write_timeout;
-        self.call(write_timeout, |reply| Op::PurgeNamespace {
-            namespace,
-            reply,
-        })
-        .await
+        self.write(|reply| Write::PurgeNamespace { namespace, reply })
+            .await
     }
 
     /// The stored, unexpired entry for `key`.
     pub(crate) async fn lookup(&self, key: &Key) -> Lookup {
         let now = now_millis();
-        let timeout = self.shared.settings.timeout;
         let key = *key;
-        let Some(found) = self
-            .call(timeout, |reply| Op::Get { key, now, reply })
-            .await
-        else {
+        let shared = &self.shared;
+        let get = |reply| Get { key, now, reply };
+        let Some(found) = self.call(&shared.reads, shared.settings.timeout, get).await else {
             return Lookup::Unavailable;
         };
         let Some(bytes) = found else {
@@ -386,9 +387,7 @@ impl SqliteStore {
             model: record.info.model.clone(),
             tokens,
         };
-        let write_timeout = self.shared.settings.write_timeout;
-        self.call(write_timeout, |reply| Op::Put { row, reply })
-            .await;
+        self.write(|reply| Write::Put { row, reply }).await;
     }
 
     /// Counts a hit, written at the next flush.
@@ -403,12 +402,21 @@ impl SqliteStore {
         entry.1 = now_millis();
     }
 
-    /// Sends one operation to the store's thread and waits for its answer at
+    /// Sends a write to the writer thread and waits for its commit at most
+    /// the write timeout.
+    async fn write<T>(&self, op: impl FnOnce(oneshot::Sender<Outcome<T>>) -> Write) -> Option<T> {
+        let shared = &self.shared;
+        self.call(&shared.writes, shared.settings.write_timeout, op)
+            .await
+    }
+
+    /// Sends one operation to a thread's queue and waits for its answer at
     /// most `timeout`. `None`: it did not happen (counted and logged).
-    async fn call<T>(
+    async fn call<Op, T>(
         &self,
+        queue: &mpsc::SyncSender<Op>,
         timeout: Duration,
-        op: impl FnOnce(oneshot::Sender<rusqlite::Result<T>>) -> Op,
+        op: impl FnOnce(oneshot::Sender<Outcome<T>>) -> Op,
     ) -> Option<T> {
         let shared = &self.shared;
         if !shared.breaker.permit() {
@@ -416,7 +424,7 @@ impl SqliteStore {
             return None;
         }
         let (reply, answer) = oneshot::channel();
-        match shared.ops.try_send(op(reply)) {
+        match queue.try_send(op(reply)) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
                 // The thread is behind (a slow disk, a lock held elsewhere):

@@ -1,5 +1,9 @@
-//! The store's thread: it owns the connection, answers operations from the
-//! queue, writes counted hits, deletes expired rows and keeps the budget.
+//! The store's two threads. The reader owns a read-only connection and
+//! answers look-ups; WAL lets it read while the writer writes, so a look-up
+//! never waits behind a write. The writer owns the other connection: it
+//! commits what queued up since its last commit in one transaction (one
+//! fsync for many entries), writes counted hits, deletes expired rows and
+//! keeps the budget.
 
 use std::{
     collections::HashMap,
@@ -9,10 +13,10 @@ use std::{
     time::Instant,
 };
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::Settings;
+use super::{millis, Settings};
 use crate::{key::Key, record::now_millis};
 
 const SCHEMA: &str = "
@@ -36,16 +40,26 @@ CREATE INDEX IF NOT EXISTS ai_result_cache_recency
 
 /// Rows evicted per statement while the file is over its budget.
 const EVICT_BATCH: i64 = 64;
+/// Writes committed together at most.
+const WRITE_BATCH: usize = 256;
 
-type Reply<T> = oneshot::Sender<rusqlite::Result<T>>;
+/// An operation's outcome. The error is shared: one failed commit fails
+/// every write it carried.
+pub(super) type Outcome<T> = Result<T, Arc<rusqlite::Error>>;
+type Reply<T> = oneshot::Sender<Outcome<T>>;
 
-/// One operation for the thread.
-pub(super) enum Op {
-    Get {
-        key: Key,
-        now: u64,
-        reply: Reply<Option<Vec<u8>>>,
-    },
+/// Pending hit counts, by key: how many, and the last one's time.
+pub(super) type Hits = Arc<Mutex<HashMap<Key, (u64, u64)>>>;
+
+/// A look-up, for the reader.
+pub(super) struct Get {
+    pub(super) key: Key,
+    pub(super) now: u64,
+    pub(super) reply: Reply<Option<Vec<u8>>>,
+}
+
+/// A write, for the writer.
+pub(super) enum Write {
     Put {
         row: Row,
         reply: Reply<()>,
@@ -75,45 +89,80 @@ pub(super) struct Row {
     pub(super) bytes: i64,
 }
 
-pub(super) struct Worker {
+/// Opens the file for writing, sets it up, and opens a second connection
+/// for reading.
+pub(super) fn open(
+    path: &Path,
+    settings: Settings,
+    hits: Hits,
+) -> rusqlite::Result<(Writer, Reader)> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(settings.write_timeout)?;
+    // WAL: readers never wait for the writer, and a process killed at any
+    // point leaves only whole transactions. NORMAL is durable against a
+    // process crash (not a power cut), at far less fsync.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    let mut writer = Writer {
+        conn,
+        settings,
+        hits,
+        written: (0, 0),
+        failing: false,
+    };
+    // A file opened with a smaller budget than it holds is trimmed now.
+    writer.enforce_budget()?;
+    let read = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    read.busy_timeout(writer.settings.write_timeout)?;
+    Ok((writer, Reader { conn: read }))
+}
+
+pub(super) struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    /// Answers look-ups until every handle of the store is gone.
+    pub(super) fn run(self, queue: mpsc::Receiver<Get>) {
+        while let Ok(Get { key, now, reply }) = queue.recv() {
+            let _ = reply.send(self.get(&key, now).map_err(Arc::new));
+        }
+    }
+
+    fn get(&self, key: &Key, now: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached(
+                "SELECT result FROM ai_result_cache WHERE content_hash = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![key.to_hex(), millis(now)], |row| row.get(0))
+            .optional()
+    }
+}
+
+pub(super) struct Writer {
     conn: Connection,
     settings: Settings,
-    hits: Arc<Mutex<HashMap<Key, (u64, u64)>>>,
+    hits: Hits,
     /// Bytes and rows written since the budget was last checked exactly.
     written: (i64, i64),
     /// Whether the last background job failed (log once per burst).
     failing: bool,
 }
 
-impl Worker {
-    pub(super) fn open(
-        path: &Path,
-        settings: Settings,
-        hits: Arc<Mutex<HashMap<Key, (u64, u64)>>>,
-    ) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(settings.write_timeout)?;
-        // WAL: readers never wait for the writer, and a process killed at
-        // any point leaves only whole transactions. NORMAL is durable
-        // against a process crash (not a power cut), at far less fsync.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        let mut worker = Self {
-            conn,
-            settings,
-            hits,
-            written: (0, 0),
-            failing: false,
-        };
-        // A file opened with a smaller budget than it holds is trimmed now.
-        worker.enforce_budget()?;
-        Ok(worker)
-    }
+/// A write applied inside a transaction, its reply held until the commit.
+enum Applied {
+    Unit(Reply<()>, rusqlite::Result<()>),
+    Count(Reply<u64>, rusqlite::Result<u64>),
+}
 
+impl Writer {
     /// Serves the queue until every handle of the store is gone, then writes
     /// the hits still counted.
-    pub(super) fn run(mut self, queue: mpsc::Receiver<Op>) {
+    pub(super) fn run(mut self, queue: mpsc::Receiver<Write>) {
         let mut next_flush = Instant::now() + self.settings.flush_interval;
         let mut next_sweep = Instant::now() + self.settings.sweep_interval;
         loop {
@@ -121,7 +170,16 @@ impl Worker {
                 .min(next_sweep)
                 .saturating_duration_since(Instant::now());
             match queue.recv_timeout(wait) {
-                Ok(op) => self.serve(op),
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_BATCH {
+                        match queue.try_recv() {
+                            Ok(write) => batch.push(write),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(batch);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let result = self.flush_hits();
@@ -143,23 +201,47 @@ impl Worker {
         }
     }
 
-    fn serve(&mut self, op: Op) {
-        match op {
-            Op::Get { key, now, reply } => {
-                let _ = reply.send(self.get(&key, now));
+    /// Applies a batch of writes in one transaction, then answers each.
+    /// A batch whose commit fails fails every write it carried.
+    fn commit(&mut self, batch: Vec<Write>) {
+        let begun = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let applied: Vec<Applied> = batch.into_iter().map(|w| self.apply(w)).collect();
+        if let Err(error) = begun.and_then(|()| self.conn.execute_batch("COMMIT")) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            let error = Arc::new(error);
+            for done in applied {
+                match done {
+                    Applied::Unit(reply, _) => drop(reply.send(Err(Arc::clone(&error)))),
+                    Applied::Count(reply, _) => drop(reply.send(Err(Arc::clone(&error)))),
+                }
             }
-            Op::Put { row, reply } => {
-                let _ = reply.send(self.put(&row));
+            return;
+        }
+        // Within the budget again before anyone hears of the write.
+        if self.may_be_over_budget() {
+            let result = self.enforce_budget();
+            self.background(result);
+        }
+        for done in applied {
+            match done {
+                Applied::Unit(reply, result) => drop(reply.send(result.map_err(Arc::new))),
+                Applied::Count(reply, result) => drop(reply.send(result.map_err(Arc::new))),
             }
-            Op::Purge { key, reply } => {
+        }
+    }
+
+    fn apply(&mut self, write: Write) -> Applied {
+        match write {
+            Write::Put { row, reply } => Applied::Unit(reply, self.put(&row)),
+            Write::Purge { key, reply } => {
                 let result = self
                     .conn
                     .prepare_cached("DELETE FROM ai_result_cache WHERE content_hash = ?1")
                     .and_then(|mut statement| statement.execute([key.to_hex()]))
                     .map(drop);
-                let _ = reply.send(result);
+                Applied::Unit(reply, result)
             }
-            Op::PurgeNamespace { namespace, reply } => {
+            Write::PurgeNamespace { namespace, reply } => {
                 let result = self
                     .conn
                     .execute(
@@ -167,21 +249,10 @@ impl Worker {
                         [namespace],
                     )
                     .map(|n| n as u64);
-                let _ = reply.send(result);
+                Applied::Count(reply, result)
             }
-            Op::Flush { reply } => {
-                let _ = reply.send(self.flush_hits());
-            }
+            Write::Flush { reply } => Applied::Unit(reply, self.write_hits()),
         }
-    }
-
-    fn get(&self, key: &Key, now: u64) -> rusqlite::Result<Option<Vec<u8>>> {
-        self.conn
-            .prepare_cached(
-                "SELECT result FROM ai_result_cache WHERE content_hash = ?1 AND expires_at > ?2",
-            )?
-            .query_row(params![key.to_hex(), super::millis(now)], |row| row.get(0))
-            .optional()
     }
 
     fn put(&mut self, row: &Row) -> rusqlite::Result<()> {
@@ -211,42 +282,47 @@ impl Worker {
             ])?;
         self.written.0 = self.written.0.saturating_add(row.bytes);
         self.written.1 += 1;
-        if self.may_be_over_budget() {
-            self.enforce_budget()?;
-        }
         Ok(())
     }
 
-    /// Writes every hit counted so far, in one transaction.
+    /// Writes every hit counted so far, in a transaction of its own.
     fn flush_hits(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let written = self.write_hits();
+        let result = written.and_then(|()| self.conn.execute_batch("COMMIT"));
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    /// Writes every hit counted so far, inside the caller's transaction.
+    fn write_hits(&mut self) -> rusqlite::Result<()> {
         let hits = mem::take(&mut *self.hits.lock().unwrap_or_else(PoisonError::into_inner));
         if hits.is_empty() {
             return Ok(());
         }
-        let transaction = self.conn.transaction()?;
-        {
-            let mut update = transaction.prepare_cached(
-                "UPDATE ai_result_cache
-                 SET hit_count = hit_count + ?1,
-                     last_hit_at = MAX(COALESCE(last_hit_at, 0), ?2)
-                 WHERE content_hash = ?3",
-            )?;
-            for (key, (count, last)) in hits {
-                update.execute(params![
-                    i64::try_from(count).unwrap_or(i64::MAX),
-                    super::millis(last),
-                    key.to_hex()
-                ])?;
-            }
+        let mut update = self.conn.prepare_cached(
+            "UPDATE ai_result_cache
+             SET hit_count = hit_count + ?1,
+                 last_hit_at = MAX(COALESCE(last_hit_at, 0), ?2)
+             WHERE content_hash = ?3",
+        )?;
+        for (key, (count, last)) in hits {
+            update.execute(params![
+                i64::try_from(count).unwrap_or(i64::MAX),
+                millis(last),
+                key.to_hex()
+            ])?;
         }
-        transaction.commit()
+        Ok(())
     }
 
     /// Deletes expired rows, then keeps the budget.
     fn sweep(&mut self) -> rusqlite::Result<()> {
         self.conn.execute(
             "DELETE FROM ai_result_cache WHERE expires_at <= ?1",
-            [super::millis(now_millis())],
+            [millis(now_millis())],
         )?;
         self.enforce_budget()
     }
@@ -258,9 +334,10 @@ impl Worker {
         let rows = self.settings.max_rows;
         // Checked exactly every so often, and at once when one write alone
         // could be enough.
-        self.written.1 >= 64
-            || bytes.is_some_and(|max| self.written.0 as u64 >= max / 16)
-            || rows.is_some_and(|max| self.written.1 as u64 >= max / 16)
+        (bytes.is_some() || rows.is_some())
+            && (self.written.1 >= 64
+                || bytes.is_some_and(|max| self.written.0 as u64 >= max / 16)
+                || rows.is_some_and(|max| self.written.1 as u64 >= max / 16))
     }
 
     /// Evicts the least recently hit rows until the file is within its
