@@ -308,9 +308,23 @@ impl Builder {
 
     /// Shares entries, and upstream calls, with every instance using the same
     /// Redis (or Redis Cluster). See [`RedisStore`](crate::RedisStore).
+    ///
+    /// A layer has one L2: this replaces a [`sqlite`](Self::sqlite) store
+    /// set before.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, store: crate::RedisStore) -> Self {
-        self.config.redis = Some(store);
+        self.config.l2 = crate::store::Backend::Redis(store);
+        self
+    }
+
+    /// Keeps entries in a SQLite file, across restarts and shared by the
+    /// processes of one machine. See [`SqliteStore`](crate::SqliteStore).
+    ///
+    /// A layer has one L2: this replaces a [`redis`](Self::redis) store set
+    /// before.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(mut self, store: crate::SqliteStore) -> Self {
+        self.config.l2 = crate::store::Backend::Sqlite(store);
         self
     }
 

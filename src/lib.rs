@@ -130,7 +130,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 // The README's examples compile as doc-tests.
-#[cfg(all(doctest, feature = "redis", feature = "reqwest"))]
+#[cfg(all(doctest, feature = "redis", feature = "reqwest", feature = "sqlite"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
@@ -175,3 +175,5 @@ pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 pub use store::redis::{
     EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError, TopEntry,
 };
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteError, SqliteStore, SqliteStoreBuilder};

@@ -37,7 +37,7 @@ use crate::{
     policy::{self, Directive, StorePredicate, Successful},
     record::{now_millis, Meta, Record},
     stats::Counters,
-    store::{FleetCounter, Lease, Lookup, MemoryStore, Renewal, L2},
+    store::{Backend, FleetCounter, Lease, Lookup, MemoryStore, Renewal, L2},
     telemetry::{self, Outcome},
 };
 
@@ -91,8 +91,8 @@ pub(crate) struct Config {
     pub(crate) prices: Option<crate::ai::PriceTable>,
     #[cfg(feature = "ai")]
     pub(crate) sampling: Option<SamplingPolicy>,
-    #[cfg(feature = "redis")]
-    pub(crate) redis: Option<crate::RedisStore>,
+    /// The L2, if any: Redis or a SQLite file.
+    pub(crate) l2: Backend,
 }
 
 impl Default for Config {
@@ -119,8 +119,7 @@ impl Default for Config {
             prices: None,
             #[cfg(feature = "ai")]
             sampling: None,
-            #[cfg(feature = "redis")]
-            redis: None,
+            l2: Backend::None,
         }
     }
 }
@@ -230,14 +229,11 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn new(config: Config) -> Self {
         let l1 = MemoryStore::new(config.l1_capacity);
-        #[cfg(feature = "redis")]
-        let l2 = L2::new(config.redis.clone(), &l1);
-        #[cfg(not(feature = "redis"))]
-        let l2 = L2::new();
+        let l2 = L2::new(config.l2.clone(), &l1);
         Self {
             l1,
+            ns: l2.tag(&config.key.namespace),
             l2,
-            ns: L2::tag(&config.key.namespace),
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
             counters: Counters::default(),
             config,
@@ -279,27 +275,13 @@ impl Engine {
 
     pub(crate) async fn purge(&self, namespace: Option<&str>, key: &Key) {
         self.l1.remove(key).await;
-        #[cfg(feature = "redis")]
-        if let Some(redis) = self.l2.redis() {
-            let ns = namespace.map_or_else(|| self.ns.clone(), L2::tag);
-            if let Err(error) = redis.purge(&ns, key).await {
-                tracing::warn!(%error, "could not purge the entry from redis");
-            }
-        }
-        #[cfg(not(feature = "redis"))]
-        let _ = namespace;
+        let ns = namespace.map_or_else(|| self.ns.clone(), |ns| self.l2.tag(ns));
+        self.l2.purge(&ns, key).await;
     }
 
     pub(crate) async fn purge_namespace(&self, namespace: &str) {
         self.l1.clear();
-        #[cfg(feature = "redis")]
-        if let Some(redis) = self.l2.redis() {
-            if let Err(error) = redis.purge_namespace(&L2::tag(namespace)).await {
-                tracing::warn!(%error, "could not purge the namespace from redis");
-            }
-        }
-        #[cfg(not(feature = "redis"))]
-        let _ = namespace;
+        self.l2.purge_namespace(&self.l2.tag(namespace)).await;
     }
 
     /// Counts a request here and in the fleet totals.
@@ -445,7 +427,7 @@ impl Engine {
             }
         };
         let ns = match &plan.namespace {
-            Some(namespace) => L2::tag(namespace),
+            Some(namespace) => self.l2.tag(namespace),
             None => self.ns.clone(),
         };
         let job = Job {
@@ -632,6 +614,12 @@ impl Engine {
         // Registered before the first look-up: a completion announced between
         // a look-up and the wait that follows it is not missed.
         let Some(watch) = self.l2.watch(job.key) else {
+            // A store without cross-process single flight: one look-up.
+            if let Lookup::Hit(record) = self.l2.lookup(&job.ns, &job.key).await {
+                self.l1.insert(job.key, Arc::clone(&record)).await;
+                leader.replay(Arc::clone(&record));
+                return Ok(self.hit(&job, &record, Outcome::HitL2));
+            }
             return self
                 .call_upstream(leader, job, None, parts, body, upstream)
                 .await;

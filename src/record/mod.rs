@@ -1,6 +1,6 @@
 //! The stored response: what a replay is made of.
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "sqlite"))]
 pub(crate) mod codec;
 mod vary;
 
@@ -65,7 +65,7 @@ impl Meta {
     }
 
     /// Never fails: unreadable metadata is no metadata.
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "sqlite"))]
     pub(crate) fn decode(bytes: &[u8]) -> Self {
         if bytes.is_empty() {
             return Self::default();

@@ -1,6 +1,6 @@
-//! The engine's view of the shared L2: Redis when configured, otherwise
-//! nothing (every look-up is `Unavailable`, every write a no-op). This keeps
-//! feature flags out of the engine.
+//! The engine's view of the L2: Redis or a SQLite file when configured,
+//! otherwise nothing (every look-up is `Unavailable`, every write a no-op).
+//! This keeps feature flags out of the engine.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,10 +9,10 @@ use crate::{key::Key, record::Record};
 #[cfg(feature = "redis")]
 pub(crate) use super::redis::{Lease, Renewal, Watch};
 #[cfg(feature = "redis")]
-use super::{
-    redis::{L1Subscription, RedisStore},
-    MemoryStore,
-};
+use super::redis::{L1Subscription, RedisStore};
+#[cfg(feature = "sqlite")]
+use super::sqlite::SqliteStore;
+use super::MemoryStore;
 
 #[cfg(not(feature = "redis"))]
 pub(crate) use disabled::{Lease, Renewal, Watch};
@@ -29,7 +29,7 @@ pub(crate) enum FleetCounter {
     Stored,
 }
 
-/// What a look-up in the shared store found.
+/// What a look-up in the L2 found.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Lookup {
     Hit(Arc<Record>),
@@ -39,46 +39,73 @@ pub(crate) enum Lookup {
     Busy(Duration),
     /// An unreadable value is stored: call upstream and overwrite it.
     Garbage,
-    /// No shared store, or it is down: go on without it.
+    /// No entry and no lease to take (a store without cross-process single
+    /// flight), no L2, or it is down: go on without it.
     Unavailable,
 }
 
-/// The shared store, if any. Every operation names the namespace by its tag
+/// The one L2 a layer uses, if any.
+#[derive(Clone, Default)]
+pub(crate) enum Backend {
+    #[default]
+    None,
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteStore),
+}
+
+/// The L2, if any. Every operation names the namespace by its tag
 /// ([`L2::tag`]), so one store serves requests of many namespaces.
 #[derive(Clone, Default)]
 pub(crate) struct L2 {
-    #[cfg(feature = "redis")]
-    redis: Option<RedisStore>,
-    /// Keeps `l1` subscribed to purges and refreshes made anywhere, for as
-    /// long as the engine lives.
+    backend: Backend,
+    /// Keeps the engine's L1 subscribed to purges and refreshes made
+    /// anywhere, for as long as the engine lives.
     #[cfg(feature = "redis")]
     _subscription: Option<Arc<L1Subscription>>,
 }
 
-#[cfg(feature = "redis")]
 impl L2 {
-    pub(crate) fn new(redis: Option<RedisStore>, l1: &MemoryStore) -> Self {
-        let _subscription = redis.as_ref().map(|redis| redis.attach(l1.clone()));
+    pub(crate) fn new(backend: Backend, l1: &MemoryStore) -> Self {
+        let _ = l1;
         Self {
-            redis,
-            _subscription,
+            #[cfg(feature = "redis")]
+            _subscription: match &backend {
+                Backend::Redis(redis) => Some(redis.attach(l1.clone())),
+                _ => None,
+            },
+            backend,
         }
     }
 
-    /// The namespace's tag in the store's key names.
-    pub(crate) fn tag(namespace: &str) -> String {
-        super::redis::ns_tag(namespace)
+    /// The namespace's tag in the store: a short hash in Redis's key names,
+    /// the name itself in SQLite's `model_version` column.
+    pub(crate) fn tag(&self, namespace: &str) -> String {
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => super::redis::ns_tag(namespace),
+            _ => namespace.to_owned(),
+        }
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn redis(&self) -> Option<&RedisStore> {
-        self.redis.as_ref()
+        match &self.backend {
+            Backend::Redis(redis) => Some(redis),
+            _ => None,
+        }
     }
 
     pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
-        let Some(redis) = &self.redis else {
-            return Lookup::Unavailable;
-        };
-        redis.lookup(ns, key).await
+        let _ = (ns, key);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.lookup(ns, key).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => sqlite.lookup(key).await,
+            Backend::None => Lookup::Unavailable,
+        }
     }
 
     pub(crate) async fn complete(
@@ -88,95 +115,121 @@ impl L2 {
         lease: Option<&Lease>,
         record: Option<&Record>,
     ) {
-        if let Some(redis) = &self.redis {
-            redis.complete(ns, key, lease, record).await;
+        let _ = (ns, key, lease, record);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.complete(ns, key, lease, record).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => {
+                if let Some(record) = record {
+                    sqlite.store(ns, key, record).await;
+                }
+            }
+            Backend::None => {}
         }
     }
 
+    /// A subscription to the key's completion on other instances, where the
+    /// store coalesces across processes.
     pub(crate) fn watch(&self, key: Key) -> Option<Watch> {
-        self.redis.as_ref().map(|redis| redis.watch(key))
+        let _ = key;
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Some(redis.watch(key)),
+            _ => None,
+        }
     }
 
     pub(crate) fn keep_alive(&self, ns: &str, key: &Key, lease: &Lease) -> Option<Renewal> {
-        self.redis
-            .as_ref()
-            .map(|redis| redis.keep_alive(ns, key, lease))
+        let _ = (ns, key, lease);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Some(redis.keep_alive(ns, key, lease)),
+            _ => None,
+        }
     }
 
     pub(crate) fn poll_interval(&self) -> Duration {
-        self.redis
-            .as_ref()
-            .map_or(Duration::from_millis(500), RedisStore::poll_interval)
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.poll_interval(),
+            _ => Duration::from_millis(500),
+        }
     }
 
     pub(crate) fn count_l1_hit(&self, ns: &str, key: &Key) {
-        if let Some(redis) = &self.redis {
-            redis.count_l1_hit(ns, key);
+        let _ = (ns, key);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.count_l1_hit(ns, key),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => sqlite.count_hit(key),
+            Backend::None => {}
         }
     }
 
     pub(crate) fn count(&self, counter: FleetCounter, n: u64) {
-        if let Some(redis) = &self.redis {
+        let _ = (counter, n);
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(redis) = &self.backend {
             redis.count(counter, n);
         }
     }
 
+    /// Deletes one entry from the L2 (other instances evict it from their
+    /// L1 where the store tells them).
+    pub(crate) async fn purge(&self, ns: &str, key: &Key) {
+        let _ = (ns, key);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => {
+                if let Err(error) = redis.purge(ns, key).await {
+                    tracing::warn!(%error, "could not purge the entry from redis");
+                }
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => sqlite.purge(key).await,
+            Backend::None => {}
+        }
+    }
+
+    /// Deletes every entry of a namespace from the L2.
+    pub(crate) async fn purge_namespace(&self, ns: &str) {
+        let _ = ns;
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => {
+                if let Err(error) = redis.purge_namespace(ns).await {
+                    tracing::warn!(%error, "could not purge the namespace from redis");
+                }
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => {
+                if sqlite.purge_namespace(ns).await.is_none() {
+                    tracing::warn!("could not purge the namespace from the sqlite store");
+                }
+            }
+            Backend::None => {}
+        }
+    }
+
+    /// Errors, skipped operations and undecodable entries so far.
     pub(crate) fn health(&self) -> (u64, u64, u64) {
-        self.redis
-            .as_ref()
-            .map_or((0, 0, 0), |r| (r.errors(), r.skipped(), r.decode_errors()))
-    }
-}
-
-#[cfg(not(feature = "redis"))]
-impl L2 {
-    pub(crate) fn new() -> Self {
-        Self {}
-    }
-
-    pub(crate) fn tag(_namespace: &str) -> String {
-        String::new()
-    }
-
-    pub(crate) async fn lookup(&self, _ns: &str, _key: &Key) -> Lookup {
-        Lookup::Unavailable
-    }
-
-    pub(crate) async fn complete(
-        &self,
-        _ns: &str,
-        _key: &Key,
-        _lease: Option<&Lease>,
-        _record: Option<&Record>,
-    ) {
-    }
-
-    pub(crate) fn watch(&self, _key: Key) -> Option<Watch> {
-        None
-    }
-
-    pub(crate) fn keep_alive(&self, _ns: &str, _key: &Key, _lease: &Lease) -> Option<Renewal> {
-        None
-    }
-
-    pub(crate) fn poll_interval(&self) -> Duration {
-        Duration::from_millis(500)
-    }
-
-    pub(crate) fn count_l1_hit(&self, _ns: &str, _key: &Key) {}
-
-    pub(crate) fn count(&self, _counter: FleetCounter, _n: u64) {}
-
-    pub(crate) fn health(&self) -> (u64, u64, u64) {
-        (0, 0, 0)
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => (r.errors(), r.skipped(), r.decode_errors()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(s) => (s.errors(), s.skipped(), s.decode_errors()),
+            Backend::None => (0, 0, 0),
+        }
     }
 }
 
 #[cfg(not(feature = "redis"))]
 mod disabled {
-    /// Never held without a shared store.
+    /// Never held without Redis.
     pub(crate) enum Lease {}
-    /// Never made without a shared store.
+    /// Never made without Redis.
     pub(crate) enum Watch {}
     impl Watch {
         pub(crate) fn notify(&self) -> &tokio::sync::Notify {

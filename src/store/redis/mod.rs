@@ -62,10 +62,10 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use self::{
-    breaker::{Breakers, Change},
+    breaker::Breakers,
     events::{Event, Waiters},
 };
-use super::{FleetCounter, Lookup, MemoryStore};
+use super::{breaker::Change, FleetCounter, Lookup, MemoryStore};
 use crate::{
     key::Key,
     record::{codec, now_millis, Meta, Record},
