@@ -7,9 +7,9 @@ use std::{sync::Arc, time::Duration};
 use crate::{key::Key, record::Record};
 
 #[cfg(feature = "redis")]
-pub(crate) use super::redis::{Lease, Renewal, Watch};
-#[cfg(feature = "redis")]
 use super::redis::{L1Subscription, RedisStore};
+#[cfg(feature = "redis")]
+pub(crate) use super::redis::{Lease, Renewal, Watch};
 #[cfg(feature = "sqlite")]
 use super::sqlite::SqliteStore;
 use super::MemoryStore;

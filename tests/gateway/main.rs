@@ -15,6 +15,8 @@ mod upstream;
 mod bodies;
 mod connections;
 mod control;
+#[cfg(feature = "sqlite")]
+mod durable;
 mod flags;
 mod forwarding;
 mod memory;
