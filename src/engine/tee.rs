@@ -228,7 +228,9 @@ impl Engine {
             version: head.version,
             headers: head.shared_headers.clone(),
             body: recorded.clone().unwrap_or_default(),
-            trailers: trailers.clone(),
+            // Copies, like the headers: a value may be a slice of the
+            // connection's read buffer.
+            trailers: trailers.as_ref().map(policy::shareable_headers),
             created_at: now,
             expires_at: now.saturating_add(u64::try_from(job.ttl.as_millis()).unwrap_or(u64::MAX)),
             meta: meta.encode(),

@@ -12,11 +12,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Response};
+use http::{HeaderMap, HeaderValue, Response};
 use tower::Layer;
 use tower_idempotency::IdempotencyLayer;
 
-use crate::support::{eventually, fetch, full, post, upstream, Seen};
+use crate::support::{channel_body, eventually, fetch, full, post, upstream, Seen};
 
 /// A large buffer that says when it is freed.
 struct ReadBuffer {
@@ -101,5 +101,40 @@ async fn stored_headers_keep_no_read_buffer_alive() {
     assert!(
         freed,
         "the entry keeps the 64 KiB buffer a header value came from"
+    );
+}
+
+#[tokio::test]
+async fn stored_trailers_keep_no_read_buffer_alive() {
+    let freed = Arc::new(AtomicBool::new(false));
+    let layer = IdempotencyLayer::new();
+    let (inner, calls) = upstream({
+        let freed = Arc::clone(&freed);
+        move |_: Seen| {
+            let (feed, body) = channel_body();
+            feed.data(vec![b'x'; 100]);
+            let mut trailers = HeaderMap::new();
+            let value = HeaderValue::from_maybe_shared(read_buffer(&freed).slice(0..10)).unwrap();
+            trailers.insert("x-checksum", value);
+            feed.trailers(trailers);
+            async move { Response::new(body.boxed()) }
+        }
+    });
+    let service = layer.layer(inner);
+    let first = fetch(&service, post("http://api/v1/x", "{}")).await;
+    assert_eq!(first.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || layer.stats().stored == 1).await,
+        "stored"
+    );
+    drop(first);
+    let replay = fetch(&service, post("http://api/v1/x", "{}")).await;
+    assert!(replay.cache_status().contains("; hit"), "{replay:?}");
+    assert_eq!(calls.get(), 1);
+    let trailers = replay.trailers.expect("the trailers are replayed");
+    assert_eq!(trailers["x-checksum"], "xxxxxxxxxx");
+    assert!(
+        freed.load(Ordering::SeqCst),
+        "the entry keeps the 64 KiB buffer a trailer value came from"
     );
 }
