@@ -1,0 +1,191 @@
+//! Adversarial checks of the flight and key rules: who else may receive an
+//! answer, what waits without a deadline, what holds the recording budget.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderValue, Response};
+use http_body_util::BodyExt;
+use tokio::time::timeout;
+use tower::{Layer, ServiceExt};
+use tower_idempotency::IdempotencyLayer;
+
+use crate::support::*;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// An upstream whose first call answers with a body the test feeds; later
+/// calls answer `later #n` at once.
+fn fed_once(
+    head: impl Fn() -> http::response::Builder + Clone + Send + Sync + 'static,
+) -> (impl TestService, Calls, Feed) {
+    let (feed, body) = channel_body();
+    let body = Arc::new(std::sync::Mutex::new(Some(body)));
+    let (inner, calls) = upstream(move |seen: Seen| {
+        let body = body.lock().unwrap().take();
+        let head = head.clone();
+        async move {
+            match body {
+                Some(body) => head().body(body.boxed()).unwrap(),
+                None => head().body(full(format!("later #{}", seen.call))).unwrap(),
+            }
+        }
+    });
+    (inner, calls, feed)
+}
+
+/// A follower that holds its response and never reads it (a client whose
+/// connection stalls) must not stall the leader's own caller forever once
+/// the response is too large to record: the leader's body task waits for
+/// readers to make room, and that wait has no deadline.
+#[tokio::test]
+async fn a_follower_that_never_reads_cannot_stall_the_leader_forever() {
+    tokio::time::pause();
+    let (inner, _calls, feed) = fed_once(Response::builder);
+    let layer = IdempotencyLayer::builder()
+        .max_response_body(1_000)
+        .idle_timeout(Duration::from_secs(1))
+        .build();
+    let service = layer.layer(inner);
+    let leader = service.clone().oneshot(post("/", "q")).await.unwrap();
+    // Joins the live flight, then never reads.
+    let stalled = service.clone().oneshot(post("/", "q")).await.unwrap();
+    assert!(stalled
+        .headers()
+        .get("cache-status")
+        .is_some_and(|v| v.to_str().unwrap().ends_with("collapsed")));
+    for _ in 0..5 {
+        feed.data(vec![b'x'; 600]);
+    }
+    drop(feed);
+    // Every chunk came at once: the upstream is never idle. The leader's
+    // caller reads as fast as it can.
+    let read = timeout(Duration::from_secs(60), async move {
+        let mut body = leader.into_body();
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => got += frame.into_data().map_or(0, |d| d.len()),
+                Err(_) => return Err(got),
+            }
+        }
+        Ok(got)
+    })
+    .await;
+    drop(stalled);
+    assert_eq!(read, Ok(Ok(3_000)), "the leader's caller was stalled");
+}
+
+/// `Cache-Control: private` in a header line that also holds a non-UTF-8
+/// byte (obs-text in a quoted extension) is skipped whole when the
+/// directives are read: the response is stored and replayed.
+#[tokio::test]
+async fn private_in_a_non_utf8_cache_control_line_still_forbids_storing() {
+    let (inner, calls) = upstream(|seen: Seen| async move {
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .header(
+                "cache-control",
+                HeaderValue::from_bytes(b"private, ext=\"caf\xe9\"").unwrap(),
+            )
+            .body(full(format!("secret #{}", seen.call)))
+            .unwrap()
+    });
+    let service = IdempotencyLayer::new().layer(inner);
+    let first = fetch(&service, post("/", "q")).await;
+    let second = fetch(&service, post("/", "q")).await;
+    assert_eq!(&first.body[..], b"secret #1");
+    assert_eq!(
+        &second.body[..],
+        b"secret #2",
+        "a private answer was replayed"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+/// A response whose `Connection` names `Vary` (it is dropped from what is
+/// stored) must still be replayed only to requests with the leader's values:
+/// the stored headers lose `Vary`, and the replay check reads them.
+#[tokio::test]
+async fn a_vary_that_connection_names_still_guards_replays() {
+    let (inner, calls) = upstream(|seen: Seen| async move {
+        let origin = seen.head.headers["origin"].to_str().unwrap().to_owned();
+        Response::builder()
+            .header("vary", "origin")
+            .header("connection", "vary")
+            .body(full(format!("for {origin} #{}", seen.call)))
+            .unwrap()
+    });
+    let service = IdempotencyLayer::new().layer(inner);
+    let with = |origin: &'static str| {
+        let mut request = post("/", "q");
+        request
+            .headers_mut()
+            .insert("origin", HeaderValue::from_static(origin));
+        request
+    };
+    let a = fetch(&service, with("https://a.example")).await;
+    let b = fetch(&service, with("https://b.example")).await;
+    assert_eq!(&a.body[..], b"for https://a.example #1");
+    assert_eq!(
+        &b.body[..],
+        b"for https://b.example #2",
+        "a's answer reached b"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+/// A response that will never be stored (here `private`) must not hold the
+/// recording budget while it streams: it starves the responses that would
+/// be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_that_will_not_be_stored_takes_nothing_from_the_recording_budget() {
+    let (feed, body) = channel_body();
+    let body = Arc::new(std::sync::Mutex::new(Some(body)));
+    let (inner, calls) = upstream(move |seen: Seen| {
+        let body = body.lock().unwrap().take();
+        async move {
+            if &seen.body[..] == b"private" {
+                let body = body.expect("one private call");
+                Response::builder()
+                    .header("cache-control", "private")
+                    .body(body.boxed())
+                    .unwrap()
+            } else {
+                respond(200, vec![b'p'; 20_000])
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder()
+        .max_recording_bytes(64_000)
+        .build();
+    let service = layer.layer(inner);
+    let private = service.clone().oneshot(post("/", "private")).await.unwrap();
+    feed.data(vec![b's'; 60_000]);
+    // The chunk is through the recording once the caller can read it.
+    let mut private = private.into_body();
+    assert_eq!(
+        timeout(PATIENCE, next_data(&mut private))
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        60_000
+    );
+    let used_by_private = layer.recording_bytes();
+    let public = fetch(&service, post("/", "public")).await;
+    let again = fetch(&service, post("/", "public")).await;
+    drop(feed);
+    assert!(timeout(PATIENCE, private.collect()).await.unwrap().is_ok());
+    assert_eq!(used_by_private, 0, "the private answer held the budget");
+    assert!(
+        public.cache_status().ends_with("stored"),
+        "{}",
+        public.cache_status()
+    );
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(calls.get(), 2);
+}
