@@ -71,8 +71,11 @@ async fn a_follower_that_never_reads_cannot_stall_the_leader_forever() {
         Ok(got)
     })
     .await;
-    drop(stalled);
     assert_eq!(read, Ok(Ok(3_000)), "the leader's caller was stalled");
+    // The reader that held the others back is told, never handed a body
+    // cut short as if it were whole.
+    let stalled = timeout(PATIENCE, stalled.into_body().collect()).await;
+    assert!(matches!(stalled, Ok(Err(_))));
 }
 
 /// `Cache-Control: private` in a header line that also holds a non-UTF-8
