@@ -192,3 +192,25 @@ async fn an_answer_that_will_not_be_stored_takes_nothing_from_the_recording_budg
     );
     assert_eq!(calls.get(), 2);
 }
+
+/// A response limit of zero stores nothing, but every answer still streams
+/// whole to its caller: the leader's body task waits for its readers to hold
+/// less than the limit, which zero bytes never are.
+#[tokio::test]
+async fn a_zero_response_limit_streams_answers_whole_without_storing_them() {
+    tokio::time::pause();
+    let (inner, calls) = upstream(|_seen: Seen| async move {
+        let (feed, body) = channel_body();
+        (0..3).for_each(|_| feed.data("abc"));
+        Response::new(body.boxed())
+    });
+    let layer = IdempotencyLayer::builder().max_response_body(0).build();
+    let service = layer.layer(inner);
+    for _ in 0..2 {
+        let answer = timeout(Duration::from_secs(1), fetch(&service, post("/", "q")))
+            .await
+            .expect("the answer stalled");
+        assert_eq!(&answer.body[..], b"abcabcabc");
+    }
+    assert_eq!(calls.get(), 2);
+}
