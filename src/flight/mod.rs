@@ -508,7 +508,9 @@ impl Leader {
             if state.readers == 0 {
                 return Poll::Ready(false);
             }
-            if state.held < window {
+            // Every reader has caught up: room, whatever the window (a
+            // window of zero would otherwise never open).
+            if state.held == 0 || state.held < window {
                 return Poll::Ready(true);
             }
             state.driver = Some(cx.waker().clone());
