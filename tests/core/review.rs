@@ -214,3 +214,96 @@ async fn a_zero_response_limit_streams_answers_whole_without_storing_them() {
     }
     assert_eq!(calls.get(), 2);
 }
+
+/// Private answers race their followers: whenever a duplicate arrives
+/// (before the head, as it is published, while it streams, after the end),
+/// it never gets an answer made for another caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_private_answer_never_reaches_another_caller_whenever_it_arrives() {
+    for round in 0..300u64 {
+        let (inner, _calls) = upstream(|seen: Seen| async move {
+            for _ in 0..(seen.call % 3) {
+                tokio::task::yield_now().await;
+            }
+            let user = seen.head.headers["x-user"].to_str().unwrap().to_owned();
+            let (feed, body) = channel_body();
+            feed.data(format!("for {user}"));
+            feed.data(" only");
+            Response::builder()
+                .header("cache-control", "private")
+                .body(body.boxed())
+                .unwrap()
+        });
+        let service = IdempotencyLayer::new().layer(inner);
+        let tasks: Vec<_> = (0..4u64)
+            .map(|user| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    for _ in 0..((user + round) % 4) {
+                        tokio::task::yield_now().await;
+                    }
+                    let mut request = post("/", "q");
+                    request
+                        .headers_mut()
+                        .insert("x-user", HeaderValue::from(user));
+                    (user, fetch(&service, request).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (user, answer) = timeout(PATIENCE, task).await.unwrap().unwrap();
+            assert_eq!(answer.body, format!("for {user} only"), "round {round}");
+        }
+    }
+}
+
+/// Readers come and go, some never read, bodies outgrow the limit and the
+/// budget: once every flight is over, the whole budget is back and no flight
+/// is left in the map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_budget_and_the_map_are_whole_again_after_readers_drop_stall_and_overflow() {
+    let (inner, _calls) = upstream(|seen: Seen| async move {
+        let (feed, body) = channel_body();
+        let chunks = seen.body.len() % 7 + 1;
+        tokio::spawn(async move {
+            for _ in 0..chunks {
+                feed.data(vec![b'z'; 400]);
+                tokio::task::yield_now().await;
+            }
+        });
+        Response::new(body.boxed())
+    });
+    let layer = IdempotencyLayer::builder()
+        .max_response_body(1_000)
+        .max_recording_bytes(3_000)
+        .idle_timeout(Duration::from_millis(20))
+        .build();
+    let service = layer.layer(inner);
+    let tasks: Vec<_> = (0..300usize)
+        .map(|i| {
+            let service = service.clone();
+            let body: &'static str = Box::leak("q".repeat(i % 7 + 1).into_boxed_str());
+            tokio::spawn(async move {
+                let response = service.oneshot(post("/", body)).await.unwrap();
+                match i % 3 {
+                    // Reads it all.
+                    0 => {
+                        let _ = response.into_body().collect().await;
+                    }
+                    // Goes away at once.
+                    1 => drop(response),
+                    // Holds it a while without reading, then goes away.
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        drop(response);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        timeout(PATIENCE, task).await.unwrap().unwrap();
+    }
+    assert!(eventually(PATIENCE, || layer.in_flight() == 0).await);
+    assert_eq!(layer.recording_bytes(), 0);
+}
