@@ -307,3 +307,27 @@ async fn the_budget_and_the_map_are_whole_again_after_readers_drop_stall_and_ove
     assert!(eventually(PATIENCE, || layer.in_flight() == 0).await);
     assert_eq!(layer.recording_bytes(), 0);
 }
+
+/// With the control headers on, a request's `x-idempotency-namespace` picks
+/// the namespace its entry is stored under: `key_for` on that request's
+/// head must name that entry, so that `purge_in` forgets it.
+#[tokio::test]
+async fn key_for_names_the_entry_of_a_request_that_chose_its_namespace() {
+    let (inner, calls) = numbered();
+    let layer = IdempotencyLayer::builder().control_headers(true).build();
+    let service = layer.clone().layer(inner);
+    let request = || {
+        let mut request = post("/v1/chat", "{}");
+        request
+            .headers_mut()
+            .insert("x-idempotency-namespace", HeaderValue::from_static("tenant-1"));
+        request
+    };
+    let stored = service.clone().oneshot(request()).await.unwrap();
+    let stored_under = *stored.extensions().get::<tower_idempotency::Key>().unwrap();
+    let (head, _) = request().into_parts();
+    assert_eq!(layer.key_for(&head, b"{}"), Some(stored_under));
+    layer.purge_in("tenant-1", &stored_under).await;
+    fetch(&service, request()).await;
+    assert_eq!(calls.get(), 2);
+}
