@@ -70,7 +70,10 @@ impl IdempotencyLayer {
     /// `None` when it stores nothing for it (a custom key function declines
     /// it, or in `Idempotency-Key` mode the header is missing where required,
     /// or malformed). In `Idempotency-Key` mode it is the key the header names.
-    /// Useful to [`purge`](Self::purge) the entry of a known request.
+    /// With the [control headers](Builder::control_headers) on, it is the key
+    /// in the namespace the head's `x-idempotency-namespace` chose (forget it
+    /// with [`purge_in`](Self::purge_in)). Useful to [`purge`](Self::purge)
+    /// the entry of a known request.
     pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<crate::Key> {
         self.engine.key(head, body)
     }
