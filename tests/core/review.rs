@@ -318,9 +318,10 @@ async fn key_for_names_the_entry_of_a_request_that_chose_its_namespace() {
     let service = layer.clone().layer(inner);
     let request = || {
         let mut request = post("/v1/chat", "{}");
-        request
-            .headers_mut()
-            .insert("x-idempotency-namespace", HeaderValue::from_static("tenant-1"));
+        request.headers_mut().insert(
+            "x-idempotency-namespace",
+            HeaderValue::from_static("tenant-1"),
+        );
         request
     };
     let stored = service.clone().oneshot(request()).await.unwrap();
@@ -364,4 +365,37 @@ async fn a_retry_after_a_no_store_answer_under_the_same_idempotency_key_is_not_e
     let other = fetch(&service, keyed("amount=99")).await;
     assert_eq!(other.status, 422);
     assert_eq!(calls.get(), 1);
+}
+
+/// `stored` is a promise, but a full in-process cache refuses new entries
+/// its admission policy finds colder than those it holds (moka's TinyLFU):
+/// a response said `stored` is then not kept at all.
+#[tokio::test]
+#[ignore = "defect: a full L1 may refuse an entry already promised as stored; no small fix (admission is moka's)"]
+async fn an_answer_promised_as_stored_is_kept_even_when_the_cache_is_full() {
+    let (inner, _calls) =
+        upstream(|seen: Seen| async move { respond(200, vec![b'x'; 500 + seen.body.len()]) });
+    let layer = IdempotencyLayer::builder().l1_capacity(4_000).build();
+    let service = layer.clone().layer(inner);
+    // Fill the cache with entries read often.
+    for body in ["a", "bb", "ccc", "dddd", "eeeee"] {
+        for _ in 0..5 {
+            fetch(&service, post("/", body)).await;
+        }
+    }
+    let mut broken = Vec::new();
+    for body in ["f", "gg", "hhh", "iiii", "jjjjj", "kkkkkk"] {
+        let first = fetch(&service, post("/", body)).await;
+        // Let the cache run its admission and eviction.
+        let _ = layer.l1_usage().await;
+        let again = fetch(&service, post("/", body)).await;
+        if first.cache_status().ends_with("stored") && !again.cache_status().contains("hit") {
+            broken.push(body);
+        }
+    }
+    assert_eq!(
+        broken,
+        Vec::<&str>::new(),
+        "promised as stored, then not found"
+    );
 }
