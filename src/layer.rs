@@ -336,7 +336,9 @@ impl Builder {
     /// frames. Past it the body ends with an error for every reader, nothing
     /// is stored and the claim on the key is released. Default: 5 minutes,
     /// far above the pauses of a streamed generation. `Duration::MAX` means
-    /// no bound.
+    /// no bound. It is also how long a response too large to record waits
+    /// for its slowest readers to make room: past it they are dropped (their
+    /// bodies fail) and the others go on.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
         self
@@ -348,7 +350,10 @@ impl Builder {
     /// to the budget when a recording ends. Default: 256 MiB, sixteen
     /// recordings of the default response limit at once: a burst of large
     /// answers cannot hold more memory than that, however slow their
-    /// readers. Zero records nothing (nothing is stored).
+    /// readers. Zero records nothing (nothing is stored). A response nobody
+    /// may share (`private`, `no-store`, `Vary: *`, outside `Idempotency-Key`
+    /// mode) is not recorded and
+    /// takes none of it.
     pub fn max_recording_bytes(mut self, bytes: u64) -> Self {
         self.config.max_recording_bytes = bytes;
         self
