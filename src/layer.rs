@@ -352,8 +352,7 @@ impl Builder {
     /// answers cannot hold more memory than that, however slow their
     /// readers. Zero records nothing (nothing is stored). A response nobody
     /// may share (`private`, `no-store`, `Vary: *`, outside `Idempotency-Key`
-    /// mode) is not recorded and
-    /// takes none of it.
+    /// mode) is not recorded and takes none of it.
     pub fn max_recording_bytes(mut self, bytes: u64) -> Self {
         self.config.max_recording_bytes = bytes;
         self
