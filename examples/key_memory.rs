@@ -77,6 +77,9 @@ fn chat(len: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Makes a body of about the given length.
+type Shape = fn(usize) -> Vec<u8>;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut mib, mut threads) = (16usize, 1usize);
@@ -105,7 +108,7 @@ fn main() {
         "{:<24} {:>12} {:>12} {:>10}",
         "body", "baseline", "keying", "extra/body"
     );
-    let shapes: [(&str, fn(usize) -> Vec<u8>); 3] = [
+    let shapes: [(&str, Shape); 3] = [
         ("[0,0,…]", zeros),
         ("{\"a0\":0,…}", members),
         ("chat (escaped prose)", chat),
