@@ -70,7 +70,10 @@ impl IdempotencyLayer {
     /// `None` when it stores nothing for it (a custom key function declines
     /// it, or in `Idempotency-Key` mode the header is missing where required,
     /// or malformed). In `Idempotency-Key` mode it is the key the header names.
-    /// Useful to [`purge`](Self::purge) the entry of a known request.
+    /// With the [control headers](Builder::control_headers) on, it is the key
+    /// in the namespace the head's `x-idempotency-namespace` chose (forget it
+    /// with [`purge_in`](Self::purge_in)). Useful to [`purge`](Self::purge)
+    /// the entry of a known request.
     pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<crate::Key> {
         self.engine.key(head, body)
     }
@@ -358,7 +361,9 @@ impl Builder {
     /// frames. Past it the body ends with an error for every reader, nothing
     /// is stored and the claim on the key is released. Default: 5 minutes,
     /// far above the pauses of a streamed generation. `Duration::MAX` means
-    /// no bound.
+    /// no bound. It is also how long a response too large to record waits
+    /// for its slowest readers to make room: past it they are dropped (their
+    /// bodies fail) and the others go on.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
         self
@@ -370,7 +375,9 @@ impl Builder {
     /// to the budget when a recording ends. Default: 256 MiB, sixteen
     /// recordings of the default response limit at once: a burst of large
     /// answers cannot hold more memory than that, however slow their
-    /// readers. Zero records nothing (nothing is stored).
+    /// readers. Zero records nothing (nothing is stored). A response nobody
+    /// may share (`private`, `no-store`, `Vary: *`, outside `Idempotency-Key`
+    /// mode) is not recorded and takes none of it.
     pub fn max_recording_bytes(mut self, bytes: u64) -> Self {
         self.config.max_recording_bytes = bytes;
         self

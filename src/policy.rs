@@ -55,10 +55,10 @@ pub(crate) enum Directive {
 pub(crate) fn request_directive(headers: &HeaderMap) -> Directive {
     let mut directive = Directive::Normal;
     for token in cache_control_tokens(headers) {
-        if token.eq_ignore_ascii_case("no-store") {
+        if token.eq_ignore_ascii_case(b"no-store") {
             return Directive::NoStore;
         }
-        if token.eq_ignore_ascii_case("no-cache") {
+        if token.eq_ignore_ascii_case(b"no-cache") {
             directive = Directive::Refresh;
         }
     }
@@ -68,18 +68,25 @@ pub(crate) fn request_directive(headers: &HeaderMap) -> Directive {
 /// Whether the response's own `Cache-Control` forbids a shared cache to keep it.
 pub(crate) fn response_forbids_storing(headers: &HeaderMap) -> bool {
     cache_control_tokens(headers).any(|token| {
-        token.eq_ignore_ascii_case("no-store") || token.eq_ignore_ascii_case("private")
+        token.eq_ignore_ascii_case(b"no-store") || token.eq_ignore_ascii_case(b"private")
     })
 }
 
 /// The directive names of every `Cache-Control` header (arguments dropped).
-fn cache_control_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// Read as bytes: a line with a non-UTF-8 byte in an argument (obs-text in a
+/// quoted string) still says what its directives say.
+fn cache_control_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.split('=').next().unwrap_or("").trim())
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|token| {
+            token
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+        })
 }
 
 /// The declared body length, when there is exactly one valid `Content-Length`.
@@ -105,8 +112,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The headers a response may be stored and shared with: without hop-by-hop
-/// headers (and those `Connection` names), `upgrade`, `set-cookie`, and `age`
-/// (which a replay recomputes).
+/// headers (and those `Connection` names, but `vary`), `upgrade`,
+/// `set-cookie`, and `age` (which a replay recomputes).
 pub(crate) fn shareable_headers(headers: &HeaderMap) -> HeaderMap {
     let named_by_connection: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -121,7 +128,9 @@ pub(crate) fn shareable_headers(headers: &HeaderMap) -> HeaderMap {
             || name == header::UPGRADE
             || name == header::SET_COOKIE
             || name == header::AGE
-            || named_by_connection.contains(name);
+            // `vary` stays whatever `Connection` says: a stored response's
+            // own `Vary` is what keeps its replays to the requests it fits.
+            || (named_by_connection.contains(name) && name != header::VARY);
         if !drop {
             // A copy: the value may be a slice of the connection's read
             // buffer, which a stored entry must not keep alive.

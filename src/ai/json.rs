@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The values of the top-level fields `names` of the JSON object in `body`.
@@ -22,9 +22,28 @@ pub(crate) fn pick_fields<const N: usize>(
     body: &[u8],
     names: [&str; N],
 ) -> Option<[Option<Value>; N]> {
+    pick(body, &names, false)
+}
+
+/// As [`pick_fields`], for fields whose use is a scalar: an array or object
+/// comes back empty (`[]`, `{}`), its contents skipped, never built. A
+/// request body is the client's: a field it makes a huge container would
+/// otherwise cost many times its size (a `serde_json::Value` per `0,`).
+pub(crate) fn pick_scalar_fields<const N: usize>(
+    body: &[u8],
+    names: [&str; N],
+) -> Option<[Option<Value>; N]> {
+    pick(body, &names, true)
+}
+
+fn pick<const N: usize>(
+    body: &[u8],
+    names: &[&str; N],
+    shallow: bool,
+) -> Option<[Option<Value>; N]> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let picked = ObjectSeed { names: &names }.deserialize(&mut de).ok()?;
+    let picked = ObjectSeed { names, shallow }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(picked)
 }
@@ -39,6 +58,8 @@ pub(crate) fn non_empty_string(value: Option<&Value>) -> Option<&str> {
 
 struct ObjectSeed<'n, const N: usize> {
     names: &'n [&'n str; N],
+    /// Containers come back empty.
+    shallow: bool,
 }
 
 impl<'de, const N: usize> DeserializeSeed<'de> for ObjectSeed<'_, N> {
@@ -60,6 +81,7 @@ impl<'de, const N: usize> Visitor<'de> for ObjectSeed<'_, N> {
         let mut out: [Option<Value>; N] = std::array::from_fn(|_| None);
         while let Some(index) = map.next_key_seed(KeySeed { names: self.names })? {
             match index.and_then(|i| out.get_mut(i)) {
+                Some(slot) if self.shallow => *slot = Some(map.next_value_seed(Shallow)?),
                 Some(slot) => *slot = Some(map.next_value::<Value>()?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -67,6 +89,64 @@ impl<'de, const N: usize> Visitor<'de> for ObjectSeed<'_, N> {
             }
         }
         Ok(out)
+    }
+}
+
+/// A JSON value with any array or object in it skipped: `[]` or `{}` stands
+/// for it.
+struct Shallow;
+
+impl<'de> DeserializeSeed<'de> for Shallow {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shallow {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Array(Vec::new()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Value::Object(serde_json::Map::new()))
     }
 }
 
@@ -107,6 +187,26 @@ mod tests {
         assert_eq!(b, Some(Value::from("two")));
         assert_eq!(c, Some(Value::Null));
         assert_eq!(d, None);
+    }
+
+    #[test]
+    fn scalar_fields_come_back_as_they_are_and_containers_empty() {
+        let body = br#"{"a":[1,[2]],"b":{"c":{"d":1}},"s":"x","n":-1.5,"u":null,"t":true}"#;
+        let picked = pick_scalar_fields(body, ["a", "b", "s", "n", "u", "t"]).expect("object");
+        assert_eq!(
+            picked,
+            [
+                Some(Value::Array(Vec::new())),
+                Some(Value::Object(serde_json::Map::new())),
+                Some(Value::from("x")),
+                Some(Value::from(-1.5)),
+                Some(Value::Null),
+                Some(Value::Bool(true)),
+            ]
+        );
+        // The skipped contents are still checked: the document is refused
+        // as a whole as before.
+        assert!(pick_scalar_fields(br#"{"a":[1,}"#, ["a"]).is_none());
     }
 
     #[test]

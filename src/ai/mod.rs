@@ -43,7 +43,7 @@ pub use sampling::{sampling, Sampling};
 pub use scanner::UsageScanner;
 pub use usage::Usage;
 
-use json::{non_empty_string, pick_fields};
+use json::{non_empty_string, pick_scalar_fields};
 use scanner::ScanState;
 
 /// Reads the token usage from a complete response body.
@@ -104,7 +104,7 @@ pub fn parse_usage(content_type: Option<&str>, body: &[u8]) -> Option<Usage> {
 /// assert_eq!(request_model(br#"{"model":42}"#), None);
 /// ```
 pub fn request_model(body: &[u8]) -> Option<String> {
-    let [model] = pick_fields(body, ["model"])?;
+    let [model] = pick_scalar_fields(body, ["model"])?;
     non_empty_string(model.as_ref()).map(str::to_owned)
 }
 

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::ai::json::pick_fields;
+use crate::ai::json::pick_scalar_fields;
 
 /// Whether a JSON request body asks for deterministic sampling.
 ///
@@ -61,7 +61,7 @@ impl Sampling {
 /// assert_eq!(sampling(b"not json"), Sampling::Unknown);
 /// ```
 pub fn sampling(body: &[u8]) -> Sampling {
-    let Some([temperature, seed]) = pick_fields(body, ["temperature", "seed"]) else {
+    let Some([temperature, seed]) = pick_scalar_fields(body, ["temperature", "seed"]) else {
         return Sampling::Unknown;
     };
     if seed.is_some_and(|seed| !seed.is_null()) {

@@ -245,9 +245,17 @@ impl Engine {
     }
 
     /// The key the engine stores this request under (in `Idempotency-Key`
-    /// mode, the one named by the header).
+    /// mode, the one named by the header; with the control headers on, in
+    /// the namespace the request chose).
     pub(crate) fn key(&self, head: &request::Parts, body: &[u8]) -> Option<Key> {
-        let identity = self.identify(&self.config.key.namespace, head, body);
+        let mut namespace = self.config.key.namespace.as_str();
+        if self.config.control_headers {
+            if let Some(chosen) = head.headers.get(&control::NAMESPACE) {
+                // An unreadable one is answered 400: nothing is stored.
+                namespace = chosen.to_str().ok()?.trim();
+            }
+        }
+        let identity = self.identify(namespace, head, body);
         identity.ok().flatten().map(|(key, _)| key)
     }
 

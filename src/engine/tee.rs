@@ -190,9 +190,22 @@ impl Engine {
         let mut body = pin!(body);
         let mut trailers = None;
         let failure: Option<BoxError> = loop {
-            if !leader.room(self.config.max_response_body).await {
-                // Too large to store, and nobody is left to serve.
-                break Some("every reader of an oversized response went away".into());
+            // Readers that make no room for as long as the upstream may stay
+            // idle are dropped: one stalled client never stalls the others.
+            let room = timeout(
+                self.config.idle_timeout,
+                leader.room(self.config.max_response_body),
+            );
+            match room.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Too large to store, and nobody is left to serve.
+                    break Some("every reader of an oversized response went away".into());
+                }
+                Err(_) => {
+                    leader.drop_slowest();
+                    continue;
+                }
             }
             let frame = match timeout(self.config.idle_timeout, body.as_mut().frame()).await {
                 Err(_) => break Some("the upstream body was idle past the idle timeout".into()),

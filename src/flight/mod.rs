@@ -54,6 +54,10 @@ use crate::{
 
 const SHARDS: usize = 64;
 
+/// The position of a reader dropped for holding the others back: its next
+/// read fails, and its slot is not reused until it is dropped.
+const EVICTED: usize = usize::MAX;
+
 /// The flights in progress, by key.
 pub(crate) struct Flights {
     shards: Box<[Mutex<Shard>]>,
@@ -311,13 +315,13 @@ impl Flight {
                     Poll::Pending
                 }
                 Phase::Replay(record) => Poll::Ready(Joined::Replay(Arc::clone(record))),
-                // Chunks were released past the limit: the start is gone.
-                Phase::Live(_) if state.base > 0 => Poll::Ready(Joined::Retry),
                 Phase::Live(head)
                     if !head.shareable || !head.vary.fits(head.vary_digest, request) =>
                 {
                     Poll::Ready(Joined::Alone)
                 }
+                // Chunks were released past the limit: the start is gone.
+                Phase::Live(_) if state.base > 0 => Poll::Ready(Joined::Retry),
                 Phase::Live(head) => {
                     let head = Arc::clone(head);
                     let settled = state.settled.clone();
@@ -376,13 +380,7 @@ impl State {
             return;
         }
         let end = self.base + self.chunks.len();
-        let min = self
-            .positions
-            .iter()
-            .flatten()
-            .copied()
-            .min()
-            .unwrap_or(end);
+        let min = self.slowest().unwrap_or(end);
         while self.base < min {
             let Some(chunk) = self.chunks.pop_front() else {
                 break;
@@ -390,6 +388,16 @@ impl State {
             self.held -= chunk.len();
             self.base += 1;
         }
+    }
+
+    /// The position of the slowest reader still served.
+    fn slowest(&self) -> Option<usize> {
+        self.positions
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&position| position != EVICTED)
+            .min()
     }
 
     fn wake_driver(&mut self) {
@@ -442,13 +450,18 @@ impl Leader {
 
     /// Publishes the upstream head; returns the leader's own reader. A head
     /// followers may not share takes the flight out of the map at once, so
-    /// that newcomers lead their own.
+    /// that newcomers lead their own, and is not recorded: it will not be
+    /// stored, and no follower needs its start, so it holds none of the
+    /// recording budget.
     pub(crate) fn start(&self, head: Arc<Head>) -> Reader {
         let shareable = head.shareable;
         let mut reader = None;
         self.flight.publish(|state| {
             state.phase = Phase::Live(head);
             reader = Some(state.add_reader(&self.flight));
+            if !shareable {
+                state.stop_recording(&self.budget);
+            }
         });
         if !shareable {
             self.unregister();
@@ -495,13 +508,33 @@ impl Leader {
             if state.readers == 0 {
                 return Poll::Ready(false);
             }
-            if state.held < window {
+            // Every reader has caught up: room, whatever the window (a
+            // window of zero would otherwise never open).
+            if state.held == 0 || state.held < window {
                 return Poll::Ready(true);
             }
             state.driver = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
+    }
+
+    /// Drops the readers that hold the oldest chunk: they did not read for
+    /// as long as the upstream may stay idle, and the others must not wait on
+    /// them. Their next read fails.
+    pub(crate) fn drop_slowest(&self) {
+        self.flight.publish(|state| {
+            let Some(slowest) = state.slowest() else {
+                return;
+            };
+            for position in &mut state.positions {
+                if *position == Some(slowest) {
+                    *position = Some(EVICTED);
+                    state.readers -= 1;
+                }
+            }
+            state.release();
+        });
     }
 
     /// The whole body so far, if it is being recorded, and how many bytes
@@ -607,6 +640,11 @@ impl Reader {
             return Poll::Ready(None);
         }
         let mut state = self.flight.state();
+        if state.positions.get(self.slot) == Some(&Some(EVICTED)) {
+            self.done = true;
+            let error: BoxError = "this reader fell behind the others for the idle timeout".into();
+            return Poll::Ready(Some(Err(error)));
+        }
         if let Some(chunk) = state.chunks.get(self.next - state.base).cloned() {
             self.next += 1;
             self.read += chunk.len() as u64;
@@ -648,8 +686,10 @@ impl Drop for Reader {
     fn drop(&mut self) {
         let mut state = self.flight.state();
         if let Some(position) = state.positions.get_mut(self.slot) {
-            *position = None;
-            state.readers -= 1;
+            // An evicted reader was already taken off the count.
+            if position.take().is_some_and(|p| p != EVICTED) {
+                state.readers -= 1;
+            }
         }
         state.wake_driver();
     }

@@ -16,6 +16,7 @@ mod policy;
 mod races;
 mod readiness;
 mod replay;
+mod review;
 #[cfg(feature = "redis")]
 mod shared_store;
 mod trust;
