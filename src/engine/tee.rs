@@ -285,15 +285,18 @@ impl Engine {
         request: &HeaderMap,
     ) -> Head {
         let content_length = policy::content_length(&parts.headers).or(exact);
-        // In `Idempotency-Key` mode the key contract wins: duplicates share
-        // the answer whatever its cache directives say.
+        // In `Idempotency-Key` mode the key contract wins: the answer is the
+        // one a retry with the same key (and the same credentials, which
+        // scope the key) must get, whatever its cache directives say, so it
+        // is shared and kept. A retry never executes the request twice.
         let keyed_by_header = job.fingerprint.is_some();
         let vary = if keyed_by_header {
             Vary::Keyed
         } else {
             Vary::of(&parts.headers, self.keyed())
         };
-        let forbidden = policy::response_forbids_storing(&parts.headers) || vary == Vary::Any;
+        let forbidden = !keyed_by_header
+            && (policy::response_forbids_storing(&parts.headers) || vary == Vary::Any);
         let storable = !forbidden
             && !job.ttl.is_zero()
             && content_length.is_none_or(|len| len <= self.config.max_response_body as u64)
@@ -306,7 +309,7 @@ impl Engine {
             content_length,
             storable,
             promised: false,
-            shareable: keyed_by_header || !forbidden,
+            shareable: !forbidden,
             vary_digest: vary.digest(request),
             vary,
         }

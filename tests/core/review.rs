@@ -339,7 +339,6 @@ async fn key_for_names_the_entry_of_a_request_that_chose_its_namespace() {
 /// the same key with another payload is not refused. Payment-style APIs mark
 /// every answer `no-store`.
 #[tokio::test]
-#[ignore = "defect or design gap: a no-store answer under an Idempotency-Key is not kept, so a later retry executes again"]
 async fn a_retry_after_a_no_store_answer_under_the_same_idempotency_key_is_not_executed_again() {
     let (inner, calls) = upstream(|seen: Seen| async move {
         Response::builder()
@@ -371,7 +370,6 @@ async fn a_retry_after_a_no_store_answer_under_the_same_idempotency_key_is_not_e
 /// its admission policy finds colder than those it holds (moka's TinyLFU):
 /// a response said `stored` is then not kept at all.
 #[tokio::test]
-#[ignore = "defect: a full L1 may refuse an entry already promised as stored; no small fix (admission is moka's)"]
 async fn an_answer_promised_as_stored_is_kept_even_when_the_cache_is_full() {
     let (inner, _calls) =
         upstream(|seen: Seen| async move { respond(200, vec![b'x'; 500 + seen.body.len()]) });
