@@ -1,84 +1,4 @@
-//! The same engine in a `reqwest` client, as a `reqwest_middleware`
-//! middleware.
-//!
-//! # Examples
-//!
-//! ```no_run
-//! use reqwest_middleware::ClientBuilder;
-//! use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware};
-//!
-//! # async fn ask() -> Result<(), Box<dyn std::error::Error>> {
-//! let idempotency = IdempotencyLayer::new();
-//! // The client has no default headers but reqwest's own: say so, so that
-//! // the middleware keys requests as they will be sent.
-//! let client = ClientBuilder::new(reqwest::Client::new())
-//!     .with(IdempotencyMiddleware::new(&idempotency).default_headers(Default::default()))
-//!     .build();
-//!
-//! // Twice the same call: one reaches the API, the other is a replay.
-//! for _ in 0..2 {
-//!     let answer = client
-//!         .post("https://api.example.com/v1/chat/completions")
-//!         .header("content-type", "application/json")
-//!         .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
-//!         .send()
-//!         .await?;
-//!     println!("{}", answer.text().await?);
-//! }
-//! assert_eq!(idempotency.stats().hits.total(), 1);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Default headers
-//!
-//! A key is computed on the request as it will be sent, and `reqwest` adds
-//! its client's default headers (`ClientBuilder::default_headers`, and its
-//! own `accept: */*`) only after every middleware has run, where no
-//! middleware can see them. Two clients whose default `authorization`
-//! differs would otherwise send the same-looking request and share an entry.
-//! So the middleware must be told them:
-//!
-//! ```no_run
-//! use http::{header, HeaderMap, HeaderValue};
-//! use reqwest_middleware::ClientBuilder;
-//! use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware};
-//!
-//! # fn build(idempotency: &IdempotencyLayer) -> Result<(), reqwest::Error> {
-//! let mut defaults = HeaderMap::new();
-//! defaults.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tenant-a"));
-//! let client = ClientBuilder::new(
-//!     reqwest::Client::builder()
-//!         .default_headers(defaults.clone())
-//!         .build()?,
-//! )
-//! .with(IdempotencyMiddleware::new(idempotency).default_headers(defaults))
-//! .build();
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! The middleware merges them into the request it keys exactly as `reqwest`
-//! merges them into the request it sends (a header the request sets itself
-//! wins). Until it is told, it cannot know what will be sent, and caches a
-//! request only when the request itself sets every vary header (which no
-//! default can then change); others pass through uncached, counted as
-//! bypassed.
-//!
-//! What `reqwest` adds later still is not in the key: the cookies of a
-//! client-side cookie store (give each user their own client, or set `cookie`
-//! on the request), a proxy's own headers, and `accept-encoding` from the
-//! decompression features (which decode the body before the middleware sees
-//! it, so the answer does not depend on it).
-//!
-//! # Differences from the Tower layer
-//!
-//! A request whose body is a stream (`reqwest::Body::wrap_stream`) cannot be
-//! read up front: it passes through uncached. And a middleware chain lends
-//! its next step only for the duration of the call, so the leader's call is
-//! awaited in the caller's task until the response head arrives (the body is
-//! then recorded in a task of its own, as with the layer): a caller that
-//! gives up before the head cancels the call, and a follower takes over.
+//! The reqwest middleware; see [`IdempotencyMiddleware`](crate::IdempotencyMiddleware).
 
 use std::{future::Future, sync::Arc};
 
@@ -97,6 +17,86 @@ use crate::{
 /// Runs a `reqwest` client's requests through an [`IdempotencyLayer`]'s
 /// engine: same keys, cache, flights and statistics as the layer it was
 /// made from.
+///
+///
+/// # Examples
+///
+/// ```no_run
+/// use reqwest_middleware::ClientBuilder;
+/// use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware};
+///
+/// # async fn ask() -> Result<(), Box<dyn std::error::Error>> {
+/// let idempotency = IdempotencyLayer::new();
+/// // The client has no default headers but reqwest's own: say so, so that
+/// // the middleware keys requests as they will be sent.
+/// let client = ClientBuilder::new(reqwest::Client::new())
+///     .with(IdempotencyMiddleware::new(&idempotency).default_headers(Default::default()))
+///     .build();
+///
+/// // Twice the same call: one reaches the API, the other is a replay.
+/// for _ in 0..2 {
+///     let answer = client
+///         .post("https://api.example.com/v1/chat/completions")
+///         .header("content-type", "application/json")
+///         .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+///         .send()
+///         .await?;
+///     println!("{}", answer.text().await?);
+/// }
+/// assert_eq!(idempotency.stats().hits.total(), 1);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Default headers
+///
+/// A key is computed on the request as it will be sent, and `reqwest` adds
+/// its client's default headers (`ClientBuilder::default_headers`, and its
+/// own `accept: */*`) only after every middleware has run, where no
+/// middleware can see them. Two clients whose default `authorization`
+/// differs would otherwise send the same-looking request and share an entry.
+/// So the middleware must be told them:
+///
+/// ```no_run
+/// use http::{header, HeaderMap, HeaderValue};
+/// use reqwest_middleware::ClientBuilder;
+/// use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware};
+///
+/// # fn build(idempotency: &IdempotencyLayer) -> Result<(), reqwest::Error> {
+/// let mut defaults = HeaderMap::new();
+/// defaults.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tenant-a"));
+/// let client = ClientBuilder::new(
+///     reqwest::Client::builder()
+///         .default_headers(defaults.clone())
+///         .build()?,
+/// )
+/// .with(IdempotencyMiddleware::new(idempotency).default_headers(defaults))
+/// .build();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The middleware merges them into the request it keys exactly as `reqwest`
+/// merges them into the request it sends (a header the request sets itself
+/// wins). Until it is told, it cannot know what will be sent, and caches a
+/// request only when the request itself sets every vary header (which no
+/// default can then change); others pass through uncached, counted as
+/// bypassed.
+///
+/// What `reqwest` adds later still is not in the key: the cookies of a
+/// client-side cookie store (give each user their own client, or set `cookie`
+/// on the request), a proxy's own headers, and `accept-encoding` from the
+/// decompression features (which decode the body before the middleware sees
+/// it, so the answer does not depend on it).
+///
+/// # Differences from the Tower layer
+///
+/// A request whose body is a stream (`reqwest::Body::wrap_stream`) cannot be
+/// read up front: it passes through uncached. And a middleware chain lends
+/// its next step only for the duration of the call, so the leader's call is
+/// awaited in the caller's task until the response head arrives (the body is
+/// then recorded in a task of its own, as with the layer): a caller that
+/// gives up before the head cancels the call, and a follower takes over.
 #[derive(Clone)]
 pub struct IdempotencyMiddleware {
     engine: Arc<Engine>,
@@ -109,7 +109,7 @@ impl IdempotencyMiddleware {
     ///
     /// Until it is told the client's [default
     /// headers](Self::default_headers), it caches only requests that set
-    /// every vary header themselves (see [the module docs](self)).
+    /// every vary header themselves (see the type's "Default headers").
     pub fn new(layer: &IdempotencyLayer) -> Self {
         Self {
             engine: layer.engine(),

@@ -67,7 +67,11 @@ async fn huge_ttls_never_leave_a_key_without_expiry_nor_a_waiter_waiting() {
         // The largest TTL the builder allows reaches the store; a larger
         // one from a caller is refused before it gets there.
         let refused = if i % 2 == 1 { 400 } else { 200 };
-        assert_eq!((leader.status, waiter.status), (refused, 200), "request {i}");
+        assert_eq!(
+            (leader.status, waiter.status),
+            (refused, 200),
+            "request {i}"
+        );
         assert!(started.elapsed() < Duration::from_secs(2), "request {i}");
     }
     assert!(calls.get() >= 4);

@@ -1,73 +1,4 @@
-//! L2 on one machine: a SQLite file that keeps paid answers across restarts.
-//!
-//! Without Redis, every answer lives in the process's memory and is lost when
-//! it restarts. A [`SqliteStore`] is a durable L2 in a single file, with the
-//! first seed's table, so its queries run unchanged:
-//!
-//! ```sql
-//! CREATE TABLE ai_result_cache (
-//!     content_hash  TEXT PRIMARY KEY,   -- the request's key, 64 hex digits
-//!     result        BLOB NOT NULL,      -- the stored response, encoded
-//!     created_at    INTEGER NOT NULL,   -- ms since the Unix epoch
-//!     expires_at    INTEGER NOT NULL,   -- ms since the Unix epoch
-//!     hit_count     INTEGER NOT NULL DEFAULT 0,
-//!     last_hit_at   INTEGER,            -- ms since the Unix epoch
-//!     model_version TEXT NOT NULL DEFAULT '', -- the layer's namespace
-//!     model         TEXT,               -- the model the request asked for
-//!     tokens        INTEGER,            -- tokens the response reported
-//!     bytes         INTEGER NOT NULL DEFAULT 0 -- the stored size
-//! );
-//! ```
-//!
-//! `SELECT SUM(hit_count) FROM ai_result_cache` is the number of upstream
-//! calls the file saved.
-//!
-//! # Examples
-//!
-//! ```no_run
-//! use tower_idempotency::{IdempotencyLayer, SqliteStore};
-//!
-//! # fn build() -> Result<(), tower_idempotency::SqliteError> {
-//! let store = SqliteStore::open("answers.sqlite3")?;
-//! let layer = IdempotencyLayer::builder().sqlite(store).build();
-//! # let _ = layer;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Threads
-//!
-//! SQLite calls block, so none runs on the async runtime: one dedicated
-//! thread owns the connection and takes operations from a bounded queue.
-//! A request's look-up waits for its answer at most the store's
-//! [`timeout`](SqliteStoreBuilder::timeout); a full queue is a miss at once.
-//! Hits are counted in memory and written in one transaction per
-//! [`flush_interval`](SqliteStoreBuilder::flush_interval), so a hit costs no
-//! write on the request's path.
-//!
-//! # Expiry and size
-//!
-//! An expired row is never served, and expired rows are deleted in the
-//! background every [`sweep_interval`](SqliteStoreBuilder::sweep_interval).
-//! With [`max_bytes`](SqliteStoreBuilder::max_bytes) or
-//! [`max_rows`](SqliteStoreBuilder::max_rows) the least recently hit rows are
-//! evicted when the file outgrows its budget.
-//!
-//! # Failure
-//!
-//! A locked, read-only, full or corrupt file never fails a request: the
-//! operation is a miss (or a store that does not happen), the error is
-//! counted and logged once per burst, and after repeated failures a circuit
-//! breaker stops asking for a while, then probes. The journal is in WAL mode:
-//! a process killed at any point leaves the file with only whole entries.
-//!
-//! # Sharing
-//!
-//! Processes on one machine that open the same file share its entries
-//! (SQLite's own locking). Only one L2 is used at a time: a layer has either
-//! [`Builder::sqlite`](crate::Builder::sqlite) or `Builder::redis`, the last
-//! one set. Concurrent duplicates are coalesced within each process; across
-//! processes single flight is Redis's job.
+//! L2 on one machine: a SQLite file; see [`SqliteStore`](crate::SqliteStore).
 
 mod worker;
 
@@ -94,8 +25,76 @@ use crate::{
     record::{codec, now_millis, Record},
 };
 
-/// A durable L2 in one SQLite file. Cheap to clone; see the
-/// [module docs](self).
+/// A durable L2 in one SQLite file. Cheap to clone.
+///
+/// Without Redis, every answer lives in the process's memory and is lost when
+/// it restarts. A [`SqliteStore`] is a durable L2 in a single file, with the
+/// first seed's table, so its queries run unchanged:
+///
+/// ```sql
+/// CREATE TABLE ai_result_cache (
+///     content_hash  TEXT PRIMARY KEY,   -- the request's key, 64 hex digits
+///     result        BLOB NOT NULL,      -- the stored response, encoded
+///     created_at    INTEGER NOT NULL,   -- ms since the Unix epoch
+///     expires_at    INTEGER NOT NULL,   -- ms since the Unix epoch
+///     hit_count     INTEGER NOT NULL DEFAULT 0,
+///     last_hit_at   INTEGER,            -- ms since the Unix epoch
+///     model_version TEXT NOT NULL DEFAULT '', -- the layer's namespace
+///     model         TEXT,               -- the model the request asked for
+///     tokens        INTEGER,            -- tokens the response reported
+///     bytes         INTEGER NOT NULL DEFAULT 0 -- the stored size
+/// );
+/// ```
+///
+/// `SELECT SUM(hit_count) FROM ai_result_cache` is the number of upstream
+/// calls the file saved.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tower_idempotency::{IdempotencyLayer, SqliteStore};
+///
+/// # fn build() -> Result<(), tower_idempotency::SqliteError> {
+/// let store = SqliteStore::open("answers.sqlite3")?;
+/// let layer = IdempotencyLayer::builder().sqlite(store).build();
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Threads
+///
+/// SQLite calls block, so none runs on the async runtime: one dedicated
+/// thread owns the connection and takes operations from a bounded queue.
+/// A request's look-up waits for its answer at most the store's
+/// [`timeout`](SqliteStoreBuilder::timeout); a full queue is a miss at once.
+/// Hits are counted in memory and written in one transaction per
+/// [`flush_interval`](SqliteStoreBuilder::flush_interval), so a hit costs no
+/// write on the request's path.
+///
+/// # Expiry and size
+///
+/// An expired row is never served, and expired rows are deleted in the
+/// background every [`sweep_interval`](SqliteStoreBuilder::sweep_interval).
+/// With [`max_bytes`](SqliteStoreBuilder::max_bytes) or
+/// [`max_rows`](SqliteStoreBuilder::max_rows) the least recently hit rows are
+/// evicted when the file outgrows its budget.
+///
+/// # Failure
+///
+/// A locked, read-only, full or corrupt file never fails a request: the
+/// operation is a miss (or a store that does not happen), the error is
+/// counted and logged once per burst, and after repeated failures a circuit
+/// breaker stops asking for a while, then probes. The journal is in WAL mode:
+/// a process killed at any point leaves the file with only whole entries.
+///
+/// # Sharing
+///
+/// Processes on one machine that open the same file share its entries
+/// (SQLite's own locking). Only one L2 is used at a time: a layer has either
+/// [`Builder::sqlite`](crate::Builder::sqlite) or `Builder::redis`, the last
+/// one set. Concurrent duplicates are coalesced within each process; across
+/// processes single flight is Redis's job.
 #[derive(Clone)]
 pub struct SqliteStore {
     shared: Arc<Shared>,
