@@ -290,3 +290,56 @@ async fn leases_never_outlive_their_leaders_over_many_rounds() {
     assert!(left.is_empty(), "leases left behind: {left}");
     eprintln!("slowest waiter: {:?}", slowest.lock().unwrap());
 }
+
+/// A call that held no lease (a client's `no-cache` refresh) and failed
+/// tells nobody to stop waiting: waiters elsewhere wait on the lease
+/// holder's call, and get its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_call_without_a_lease_does_not_release_anothers_waiters() {
+    let server = RedisServer::start();
+    let (inner, calls) = upstream(|seen: Seen| async move {
+        if seen.head.headers.contains_key("x-fail") {
+            return respond(500, "failed at once");
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        respond(200, format!("answer #{}", seen.call))
+    });
+    let leader = instance(store(&server.url())).await.layer(inner.clone());
+    let waiter = instance(store(&server.url())).await.layer(inner.clone());
+    let refresher = IdempotencyLayer::builder()
+        .redis(store(&server.url()).connect().await.unwrap())
+        .build()
+        .layer(inner);
+
+    let led = tokio::spawn(async move { fetch(&leader, post("/", "q")).await });
+    assert!(eventually(Duration::from_secs(5), || calls.get() == 1).await);
+    let waited = tokio::spawn(async move { fetch(&waiter, post("/", "q")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refresh = post("/", "q");
+    refresh
+        .headers_mut()
+        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+    refresh
+        .headers_mut()
+        .insert("x-fail", http::HeaderValue::from_static("1"));
+    assert_eq!(fetch(&refresher, refresh).await.status, 500);
+
+    let led = timeout(Duration::from_secs(10), led)
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = timeout(Duration::from_secs(10), waited)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(led.body, "answer #1");
+    assert_eq!(
+        waited.body, "answer #1",
+        "the waiter got the lease holder's answer"
+    );
+    assert_eq!(
+        calls.get(),
+        2,
+        "the leader's call and the refresh, nothing else"
+    );
+}

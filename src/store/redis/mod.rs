@@ -543,6 +543,12 @@ impl RedisStore {
         lease: Option<&Lease>,
         record: Option<&Record>,
     ) {
+        // Nothing to store and no claim to release: nobody waits on this
+        // call (waiters elsewhere wait on a lease holder), so telling them
+        // it ended unstored would only send them upstream early.
+        if record.is_none() && lease.is_none() {
+            return;
+        }
         let inner = &self.inner;
         let names = inner.names(ns, key);
         let encoded = record.map(codec::encode).unwrap_or_default();
