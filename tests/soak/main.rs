@@ -4,13 +4,18 @@
 //! client's own request, no request may fail, upstream calls stay bounded,
 //! and nothing is left over once the traffic stops.
 //!
-//! Runs for 30 s of traffic by default; `SOAK_SECONDS=600 cargo test --test
-//! soak -- --nocapture` runs longer. `SOAK_SEED` replays a mix.
+//! A second test runs the same mix through three instances sharing a Redis
+//! Cluster with replicas, one master killed mid-run (`cluster.rs`).
+//!
+//! Runs for 30 s of traffic by default (the cluster test 12 s, longer if the
+//! failover is slow); `SOAK_SECONDS=600 cargo test --test soak --
+//! --nocapture` runs longer. `SOAK_SEED` replays a mix.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod chaos;
+mod cluster;
 mod traffic;
 mod upstream;
 
@@ -23,7 +28,7 @@ use std::{
 };
 
 use tower::Layer;
-use tower_idempotency::{IdempotencyLayer, RedisStore};
+use tower_idempotency::{IdempotencyLayer, RedisStore, RedisStoreBuilder};
 
 use support::redis_server::RedisServer;
 use traffic::{Catalogue, Tally, MAX_REQUEST_BODY};
@@ -57,11 +62,17 @@ impl Dice {
 /// One instance: its own L1, its own connection to the shared Redis, with
 /// short timeouts so that faults cost little time.
 async fn instance(url: &str) -> IdempotencyLayer {
-    let redis = RedisStore::builder(url)
+    instance_over(RedisStore::builder(url), Duration::from_secs(2)).await
+}
+
+/// An instance over the Redis `redis` reaches, tuned as above, whose leases
+/// last `lease` unless renewed.
+async fn instance_over(redis: RedisStoreBuilder, lease: Duration) -> IdempotencyLayer {
+    let redis = redis
         .timeout(Duration::from_millis(50))
         .write_timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(200))
-        .lease(Duration::from_secs(2))
+        .lease(lease)
         .poll_interval(Duration::from_millis(100))
         .flush_interval(Duration::from_millis(250))
         .circuit_breaker(3, Duration::from_millis(300))
@@ -79,6 +90,16 @@ async fn instance(url: &str) -> IdempotencyLayer {
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
+}
+
+/// `SOAK_SEED`, or a fresh seed from the clock.
+fn seed() -> u64 {
+    env_u64("SOAK_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    })
 }
 
 /// Polls `check` every 20 ms for at most `limit`.
@@ -102,12 +123,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_under_redis_chaos_never_misanswer() {
     let seconds = env_u64("SOAK_SECONDS").unwrap_or(DEFAULT_SECONDS);
-    let seed = env_u64("SOAK_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed();
     println!("soak: {seconds} s of traffic, SOAK_SEED={seed}");
     let started = Instant::now();
 
@@ -149,7 +165,7 @@ async fn two_instances_under_redis_chaos_never_misanswer() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             tokio::spawn(traffic::client(
-                services.clone(),
+                services.to_vec(),
                 Arc::clone(&catalogue),
                 Arc::clone(&tally),
                 client,

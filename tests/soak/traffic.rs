@@ -314,7 +314,7 @@ fn pick(dice: &mut Dice, catalogue: &Catalogue, client: usize, step: u64) -> (Ca
 enum Mode {
     /// Read the whole answer and check it.
     Whole,
-    /// Send it `n` times at once, spread over both instances.
+    /// Send it `n` times at once, spread over the instances.
     Burst(usize),
     /// Drop the task doing it after this long, wherever it is.
     Cancel(Duration),
@@ -330,7 +330,7 @@ enum Mode {
 const STUCK_PATIENCE: Duration = Duration::from_millis(2_500);
 
 /// Sends `call` through `service` and checks the answer.
-async fn send<S, B>(service: S, call: Call, tally: Arc<Tally>, whole: bool)
+pub async fn send<S, B>(service: S, call: Call, tally: Arc<Tally>, whole: bool)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
@@ -416,9 +416,10 @@ fn mismatch(call: &Call, got: &[u8]) -> String {
     )
 }
 
-/// One client: picks requests from the mix until `deadline`.
+/// One client: picks requests from the mix until `deadline`, each through
+/// any of `instances`.
 pub async fn client<S, B>(
-    instances: [S; 2],
+    instances: Vec<S>,
     catalogue: Arc<Catalogue>,
     tally: Arc<Tally>,
     client: usize,
@@ -437,14 +438,14 @@ pub async fn client<S, B>(
     while Instant::now() < deadline {
         step += 1;
         let (call, mode) = pick(&mut dice, &catalogue, client, step);
-        let service = instances[dice.below(2)].clone();
+        let service = instances[dice.below(instances.len())].clone();
         match mode {
             Mode::Whole => send(service, call, Arc::clone(&tally), true).await,
             Mode::FirstChunkOnly => send(service, call, Arc::clone(&tally), false).await,
             Mode::Burst(n) => {
                 let tasks: Vec<_> = (0..n)
                     .map(|i| {
-                        let service = instances[i % 2].clone();
+                        let service = instances[i % instances.len()].clone();
                         tokio::spawn(send(service, call.clone(), Arc::clone(&tally), true))
                     })
                     .collect();
