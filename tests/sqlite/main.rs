@@ -77,11 +77,19 @@ async fn the_seeds_roi_query_counts_the_calls_saved() {
         fetch(&service, post("/b", "two")).await;
     }
     assert_eq!(calls.get(), 2);
+    // The rows are written just after their answers end, the hits at the
+    // next flush: until then the sum is NULL, then grows.
     let saved = support::eventually(Duration::from_secs(5), || {
-        query::<i64>(&path, "SELECT SUM(hit_count) FROM ai_result_cache") == 6
+        query::<i64>(
+            &path,
+            "SELECT COALESCE(SUM(hit_count), 0) FROM ai_result_cache",
+        ) == 6
     })
     .await;
     assert!(saved, "4 + 2 repeats were answered from storage");
+    // The seed's own query, unchanged.
+    let saved: i64 = query(&path, "SELECT SUM(hit_count) FROM ai_result_cache");
+    assert_eq!(saved, 6);
     let by_version: i64 = query(
         &path,
         "SELECT SUM(hit_count) FROM ai_result_cache WHERE model_version = 'v1'",
@@ -181,27 +189,43 @@ async fn a_corrupt_file_never_fails_a_request() {
     );
 }
 
-/// Makes a file immutable (read-only even for root) for the guard's life.
-struct Immutable(std::path::PathBuf);
+/// Makes a file read-only for this process, for the guard's life: without
+/// write permission, or, for root (whom permissions do not stop), with the
+/// immutable attribute.
+struct ReadOnly(std::path::PathBuf);
 
-impl Immutable {
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl ReadOnly {
     fn new(path: &std::path::Path) -> Self {
-        let status = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .status()
-            .expect("chattr (e2fsprogs) makes the file read-only, even for root");
-        assert!(status.success(), "chattr +i failed on {}", path.display());
+        if is_root() {
+            let status = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(path)
+                .status()
+                .expect("chattr (e2fsprogs) makes the file read-only, even for root");
+            assert!(status.success(), "chattr +i failed on {}", path.display());
+        } else {
+            let mut permissions = std::fs::metadata(path).unwrap().permissions();
+            permissions.set_readonly(true);
+            std::fs::set_permissions(path, permissions).unwrap();
+        }
         Self(path.to_owned())
     }
 }
 
-impl Drop for Immutable {
+impl Drop for ReadOnly {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
+        if is_root() {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
     }
 }
 
@@ -222,7 +246,7 @@ async fn a_read_only_file_still_answers_every_request() {
     })
     .await;
     assert!(closed);
-    let _read_only = Immutable::new(&path);
+    let _read_only = ReadOnly::new(&path);
 
     // What was stored is still served; what is new is answered (and kept
     // in memory) even if the file cannot take it.
