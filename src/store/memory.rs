@@ -1,7 +1,6 @@
 //! L1: an in-process `moka` cache weighed in bytes.
 
 use std::{
-    future::ready,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -9,7 +8,6 @@ use std::{
 use moka::{
     future::Cache,
     notification::{ListenerFuture, RemovalCause},
-    ops::compute::Op,
     policy::EvictionPolicy,
     Expiry,
 };
@@ -27,8 +25,9 @@ const PROTECTED_FIFTHS: u64 = 1;
 /// entry's remaining time to live.
 ///
 /// Eviction is segmented LRU. A new entry lands in the probation segment
-/// (four fifths of the budget); its first replay moves it to the protected
-/// segment (one fifth), where only entries replayed at least once compete.
+/// (four fifths of the budget); its first replay copies it into the
+/// protected segment (one fifth), where only entries replayed at least once
+/// compete, and the probation copy ages out.
 /// A flood of one-off misses churns probation and never reaches an entry
 /// that is being replayed. An entry pushed out of the protected segment
 /// goes back to probation, as the most recent there, rather than away.
@@ -116,20 +115,19 @@ impl MemoryStore {
         record.is_fresh_at(now).then_some(record)
     }
 
-    /// Moves a replayed entry to the protected segment, unless a newer
-    /// record replaced it in probation meanwhile.
+    /// Copies a replayed entry into the protected segment. The probation
+    /// copy is not removed: it ages out there like any other entry. Moving
+    /// it (insert here, remove there) let a concurrent reader miss it in
+    /// both segments, and a miss there is a second upstream call
+    /// (`races::an_entry_moving_between_segments_is_never_missing`). Each
+    /// segment keeps its own budget, so the copy never takes the whole
+    /// over the budget.
     async fn promote(&self, key: Key, record: &Arc<Record>) {
-        if u64::from(record.weight()) > self.protected_capacity {
+        if u64::from(record.weight()) > self.protected_capacity || self.protected.contains_key(&key)
+        {
             return;
         }
         self.protected.insert(key, Arc::clone(record)).await;
-        self.probation
-            .entry(key)
-            .and_compute_with(|current| {
-                let same = current.is_some_and(|entry| Arc::ptr_eq(entry.value(), record));
-                ready(if same { Op::Remove } else { Op::Nop })
-            })
-            .await;
     }
 
     pub(crate) async fn insert(&self, key: Key, record: Arc<Record>) {
@@ -293,5 +291,67 @@ mod tests {
         store.insert(key(1), record(10)).await;
         assert!(store.get(&key(1)).await.is_none());
         assert_eq!(store.usage().await, (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod races {
+    use super::*;
+
+    fn record() -> Arc<Record> {
+        let now = now_millis();
+        Arc::new(Record {
+            status: http::StatusCode::OK,
+            version: http::Version::HTTP_11,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"answer"),
+            trailers: None,
+            created_at: now,
+            expires_at: now + 60_000,
+            meta: bytes::Bytes::new(),
+            info: Default::default(),
+        })
+    }
+
+    /// Readers racing the first replay's move to the protected segment
+    /// always find the entry in one segment or the other, once it is in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_entry_moving_between_segments_is_never_missing() {
+        let store = MemoryStore::new(64 << 20);
+        for round in 0..2000u32 {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&round.to_be_bytes());
+            let key = Key::from_bytes(bytes);
+            let inserted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = (0..6)
+                .map(|_| {
+                    let store = store.clone();
+                    let inserted = Arc::clone(&inserted);
+                    tokio::spawn(async move {
+                        loop {
+                            let was_in = inserted.load(std::sync::atomic::Ordering::SeqCst);
+                            let found = store.get(&key).await.is_some();
+                            if was_in {
+                                return found;
+                            }
+                            if found {
+                                // Seen: every later look-up must see it too.
+                                return store.get(&key).await.is_some();
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            store.insert(key, record()).await;
+            inserted.store(true, std::sync::atomic::Ordering::SeqCst);
+            for reader in readers {
+                assert!(
+                    reader.await.unwrap(),
+                    "round {round}: the entry was missing"
+                );
+            }
+        }
     }
 }
