@@ -622,8 +622,15 @@ impl Engine {
         // Registered before the first look-up: a completion announced between
         // a look-up and the wait that follows it is not missed.
         let Some(watch) = self.l2.watch(job.key) else {
-            // A store without cross-process single flight: one look-up.
+            // A store without cross-process single flight: one look-up. An
+            // entry stored for other values of the headers it varies on is a
+            // miss, whose fresh answer replaces it.
             if let Lookup::Hit(record) = self.l2.lookup(&job.ns, &job.key).await {
+                if !self.fits(&job, &record, &parts.headers) {
+                    return self
+                        .call_upstream(leader, job, None, parts, body, upstream)
+                        .await;
+                }
                 self.l1.insert(job.key, Arc::clone(&record)).await;
                 leader.replay(Arc::clone(&record));
                 return Ok(self.hit(&job, &record, Outcome::HitL2));

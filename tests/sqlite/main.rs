@@ -264,3 +264,52 @@ async fn a_read_only_file_still_answers_every_request() {
     }
     assert_eq!(calls.get(), 2);
 }
+
+/// A response that varies on a header outside the key, read back from the
+/// file by a process with an empty L1, reaches only requests with the same
+/// value of that header.
+#[tokio::test]
+async fn an_entry_read_from_the_file_honours_vary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answers.sqlite3");
+    let (upstream, calls) = support::upstream(|seen: support::Seen| async move {
+        let origin = seen.head.headers["origin"].to_str().unwrap().to_owned();
+        let mut response = support::respond(200, format!("for {origin}"));
+        response
+            .headers_mut()
+            .insert("vary", http::HeaderValue::from_static("origin"));
+        response
+    });
+    let from = |origin: &'static str| {
+        let mut request = post("/v1/chat", "same question");
+        request
+            .headers_mut()
+            .insert("origin", http::HeaderValue::from_static(origin));
+        request
+    };
+    {
+        let service = ServiceBuilder::new()
+            .layer(layer(&path))
+            .service(upstream.clone());
+        assert_eq!(
+            fetch(&service, from("https://a.example")).await.body,
+            "for https://a.example"
+        );
+    }
+    let stored = support::eventually(Duration::from_secs(5), || {
+        query::<i64>(&path, "SELECT COUNT(*) FROM ai_result_cache") == 1
+    })
+    .await;
+    assert!(stored);
+
+    // A restart: L1 is empty, the file has origin a's answer.
+    let service = ServiceBuilder::new()
+        .layer(layer(&path))
+        .service(upstream.clone());
+    let other = fetch(&service, from("https://b.example")).await;
+    assert_eq!(
+        other.body, "for https://b.example",
+        "origin a's answer went to origin b"
+    );
+    assert_eq!(calls.get(), 2);
+}
