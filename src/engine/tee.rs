@@ -170,17 +170,21 @@ impl Engine {
         // An answer that will not be stored gives up its claim now: waiters
         // on other instances go through themselves at once instead of
         // waiting for a body that will never be theirs.
+        // Without a lease (no shared store, or none taken) there is nobody
+        // to tell, and no task to spawn.
         let claim = if head.storable {
             Some(claim)
         } else {
-            let engine = Arc::clone(&self);
-            let (ns, key) = (job.ns.clone(), job.key);
-            tokio::spawn(async move {
-                engine
-                    .l2
-                    .complete(&ns, &key, claim.lease.as_ref(), None)
-                    .await;
-            });
+            if claim.lease.is_some() {
+                let engine = Arc::clone(&self);
+                let (ns, key) = (job.ns.clone(), job.key);
+                tokio::spawn(async move {
+                    engine
+                        .l2
+                        .complete(&ns, &key, claim.lease.as_ref(), None)
+                        .await;
+                });
+            }
             None
         };
         let lease = claim.as_ref().and_then(|claim| claim.lease.as_ref());
