@@ -6,7 +6,7 @@
 //!   for a streamed body chunk by chunk in bounded memory.
 //! * [`request_model`] and [`response_model`] read the model name.
 //! * [`PriceTable`] turns usage into a [`Cost`] with prices the user supplies.
-//! * [`sampling`] tells whether a request asks for deterministic output.
+//! * [`sampling()`] tells whether a request asks for deterministic output.
 //!
 //! Every function takes untrusted bytes and never panics; what it cannot
 //! recognise gives `None` (or [`Sampling::Unknown`]).
