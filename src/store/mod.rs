@@ -3,6 +3,8 @@
 
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 mod breaker;
+#[cfg(feature = "redis")]
+mod invalidation;
 mod l2;
 mod memory;
 #[cfg(feature = "redis")]

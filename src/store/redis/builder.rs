@@ -6,6 +6,7 @@ use std::{
 };
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::{runtime::Handle, sync::broadcast};
 
 use super::{
     breaker::Breakers,
@@ -17,6 +18,7 @@ use super::{
     pubsub,
     store::{Inner, RedisStore},
 };
+use crate::store::invalidation;
 
 /// The settings of one store; see the builder's methods for each.
 #[derive(Debug, Clone)]
@@ -187,7 +189,8 @@ impl RedisStoreBuilder {
             conn,
             breakers,
             waiters: Arc::default(),
-            subscribers: Mutex::default(),
+            invalidations: broadcast::channel(invalidation::CAPACITY).0,
+            runtime: Handle::current(),
             pending: Pending::default(),
             flushing: tokio::sync::Mutex::new(()),
             errors: AtomicU64::new(0),

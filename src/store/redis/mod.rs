@@ -46,6 +46,5 @@ pub use self::{
 pub(crate) use self::{
     keys::ns_tag,
     lease::{Lease, Renewal},
-    store::L1Subscription,
     waiters::Watch,
 };

@@ -15,7 +15,7 @@ use std::{future::poll_fn, pin::Pin, sync::Weak, time::Duration};
 use futures_core::Stream;
 
 use super::{connection::Conn, error::StoreError, store::Inner};
-use crate::key::Key;
+use crate::{key::Key, store::invalidation::Invalidation};
 
 /// What travels on the events channel.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub(super) async fn subscribe(
                 store.waiters.wake_all();
                 if subscribed_before {
                     // Purges and refreshes sent meanwhile were missed.
-                    store.clear_l1();
+                    store.invalidate(Invalidation::Missed);
                 }
                 subscribed_before = true;
                 drop(store);
@@ -119,7 +119,7 @@ pub(super) async fn subscribe(
                     let Some(message) = message else { break };
                     let Some(store) = inner.upgrade() else { return };
                     match Event::decode(message.get_payload_bytes()) {
-                        Some(event) => store.dispatch(event).await,
+                        Some(event) => store.dispatch(event),
                         None => tracing::debug!("ignoring an unknown message on {channel}"),
                     }
                 }
@@ -196,19 +196,19 @@ impl Inner {
     }
 
     /// Acts on a message from any instance (this one included).
-    async fn dispatch(&self, event: Event) {
+    fn dispatch(&self, event: Event) {
         match event {
             Event::Done(key) => self.waiters.wake(&key),
             Event::Unstored(key) => self.waiters.pass(&key),
             Event::Replaced(key, origin) => {
                 // The instance that stored it holds the fresh entry already.
                 if origin != self.instance {
-                    self.evict(&key).await;
+                    self.invalidate(Invalidation::Replaced(key));
                 }
                 self.waiters.wake(&key);
             }
-            Event::Purged(key) => self.evict(&key).await,
-            Event::PurgedNamespace => self.clear_l1(),
+            Event::Purged(key) => self.invalidate(Invalidation::Purged(key)),
+            Event::PurgedNamespace => self.invalidate(Invalidation::PurgedNamespace),
         }
     }
 }

@@ -4,16 +4,16 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
 };
 
-use tokio::task::JoinHandle;
+use tokio::{runtime::Handle, sync::broadcast, task::JoinHandle};
 
 use super::{
     breaker::Breakers, builder::Settings, connection::Conn, counters::Pending, waiters::Waiters,
 };
-use crate::store::memory::MemoryStore;
+use crate::store::invalidation::Invalidation;
 
 /// A Redis (or Redis Cluster) L2 shared by every instance of an application.
 ///
@@ -94,10 +94,12 @@ pub(super) struct Inner {
     pub(super) settings: Settings,
     pub(super) breakers: Breakers,
     pub(super) waiters: Arc<Waiters>,
-    /// The L1 caches of the live layers on this store, evicted from when a
-    /// purge or a refresh message arrives. A layer's engine holds its
-    /// subscription: a dropped layer's L1 is not kept alive here.
-    pub(super) subscribers: Mutex<Vec<Weak<L1Subscription>>>,
+    /// Purges and refreshes made anywhere, for the L1 caches of the layers
+    /// on this store. Each engine holds its own receiver: no L1 is kept
+    /// alive here.
+    pub(super) invalidations: broadcast::Sender<Invalidation>,
+    /// The runtime the store was connected on, which runs its tasks.
+    pub(super) runtime: Handle,
     pub(super) pending: Pending,
     /// Held while counters are sent, so a reader that flushes first sees
     /// every count a concurrent flush took.
@@ -117,21 +119,18 @@ impl RedisStore {
     /// a refresh elsewhere.
     #[doc(hidden)]
     pub fn l1_subscribers(&self) -> usize {
-        self.inner.subscribers().len()
+        self.inner.invalidations.receiver_count()
     }
 
-    /// Subscribes a layer's L1 to purges and refreshes made anywhere, for as
-    /// long as the returned subscription lives.
-    pub(crate) fn attach(&self, l1: MemoryStore) -> Arc<L1Subscription> {
-        let subscription = Arc::new(L1Subscription { l1 });
-        let mut subscribers = self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        subscribers.retain(|s| s.strong_count() > 0);
-        subscribers.push(Arc::downgrade(&subscription));
-        subscription
+    /// A new receiver of the purges and refreshes made anywhere from now on,
+    /// for an L1 to follow.
+    pub(crate) fn invalidations(&self) -> broadcast::Receiver<Invalidation> {
+        self.inner.invalidations.subscribe()
+    }
+
+    /// The runtime the store was connected on, where its tasks run.
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.inner.runtime
     }
 
     pub(crate) fn poll_interval(&self) -> std::time::Duration {
@@ -163,12 +162,6 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// A layer's L1, subscribed to purges and refreshes made anywhere while
-/// its engine holds this.
-pub(crate) struct L1Subscription {
-    pub(super) l1: MemoryStore,
-}
-
 impl Inner {
     pub(super) fn tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
@@ -179,28 +172,9 @@ impl Inner {
         format!("{}-{}", self.instance, self.leases.fetch_add(1, Relaxed))
     }
 
-    /// Evicts `key` from every live layer's L1.
-    pub(super) async fn evict(&self, key: &crate::key::Key) {
-        for subscriber in self.subscribers() {
-            subscriber.l1.remove(key).await;
-        }
-    }
-
-    /// Clears every live layer's L1.
-    pub(super) fn clear_l1(&self) {
-        self.subscribers()
-            .iter()
-            .for_each(|subscriber| subscriber.l1.clear());
-    }
-
-    /// The live layers' L1 subscriptions; forgets those of dropped layers.
-    fn subscribers(&self) -> Vec<Arc<L1Subscription>> {
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        subscribers.retain(|s| s.strong_count() > 0);
-        subscribers.iter().filter_map(Weak::upgrade).collect()
+    /// Tells every L1 on this store (no L1 listening is not an error).
+    pub(super) fn invalidate(&self, invalidation: Invalidation) {
+        let _ = self.invalidations.send(invalidation);
     }
 }
 
