@@ -49,6 +49,41 @@ impl Default for Settings {
 }
 
 /// Configures and connects a [`RedisStore`].
+///
+/// Made by [`RedisStore::builder`] (a single node) or
+/// [`RedisStore::cluster_builder`] (a Redis Cluster). The defaults suit a
+/// Redis on the local network; every setting is clamped to a sane range, so
+/// none can make a deadline overflow.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_idempotency::{IdempotencyLayer, RedisStore};
+///
+/// # async fn build() -> Result<(), tower_idempotency::StoreError> {
+/// let redis = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("chat")
+///     // A look-up slower than this is a miss: the request goes on.
+///     .timeout(Duration::from_millis(20))
+///     // Upstream calls take up to a minute: renewed every 10 s.
+///     .lease(Duration::from_secs(30))
+///     .circuit_breaker(3, Duration::from_secs(5))
+///     .connect()
+///     .await?;
+/// let layer = IdempotencyLayer::builder().redis(redis).build();
+///
+/// // A cluster: some of its nodes, the others are found at connect.
+/// let cluster = RedisStore::cluster_builder([
+///     "redis://10.0.0.1:7000/",
+///     "redis://10.0.0.2:7000/",
+/// ])
+/// .connect()
+/// .await?;
+/// # let _ = (layer, cluster);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub struct RedisStoreBuilder {
     target: Target,

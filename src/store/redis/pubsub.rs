@@ -1,14 +1,14 @@
 //! The events channel: one pub/sub subscriber per store wakes local waiters
 //! when another instance completes a call, lets them through at once when
-//! its answer will not be stored, and evicts L1 entries purged or refreshed
-//! anywhere.
+//! its answer will not be stored, and turns purges and refreshes made
+//! anywhere into [`Invalidation`]s for the L1 caches on this store.
 //!
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
 //! may go through any node: it uses the first node that answers (the seeds
 //! given, then the nodes found at connect), and moves to the next when its
 //! node goes away or stops answering its pings. Messages sent while it moves
 //! are lost, so on every new subscription but the first the waiters look
-//! again and the L1 caches are cleared (an eviction may have been missed).
+//! again and every L1 is told to drop everything ([`Invalidation::Missed`]).
 
 use std::{future::poll_fn, pin::Pin, sync::Weak, time::Duration};
 

@@ -18,7 +18,7 @@ use crate::store::invalidation::Invalidation;
 /// A Redis (or Redis Cluster) L2 shared by every instance of an application.
 ///
 /// Cheap to clone. Build one per process and give it to the layer with
-/// [`Builder::redis`](crate::Builder::redis):
+/// [`Builder::redis`](crate::layer::Builder::redis):
 ///
 /// ```no_run
 /// use tower_idempotency::{IdempotencyLayer, RedisStore};
@@ -45,7 +45,7 @@ use crate::store::invalidation::Invalidation;
 /// | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere) |
 ///
 /// `<ns>` is 16 hex digits of the SHA-256 of the namespace, `<key>` the
-/// request's [`Key`](crate::Key) in hex. Every key expires: an entry with its
+/// request's [`Key`](crate::key::Key) in hex. Every key expires: an entry with its
 /// record (its time to live is at most ten years), a lease within its lease
 /// time, the counters a month after they last changed.
 ///
