@@ -1,4 +1,4 @@
-//! [`IdempotencyLayer`] and its [`Builder`].
+//! [`IdempotencyLayer`], its [`Builder`], and the builder's option types.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::{
     engine::{Config, Engine},
-    key::{BodyMode, IgnoreFields, MakeKey, NormalizeBody},
+    key::{BodyMode, IgnoreFields, Key, MakeKey, NormalizeBody},
     policy::StorePredicate,
     service::Idempotency,
     stats::Stats,
@@ -74,7 +74,7 @@ impl IdempotencyLayer {
     /// in the namespace the head's `x-idempotency-namespace` chose (forget it
     /// with [`purge_in`](Self::purge_in)). Useful to [`purge`](Self::purge)
     /// the entry of a known request.
-    pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<crate::Key> {
+    pub fn key_for(&self, head: &http::request::Parts, body: &[u8]) -> Option<Key> {
         self.engine.key(head, body)
     }
 
@@ -82,13 +82,13 @@ impl IdempotencyLayer {
     /// is deleted from Redis and every instance evicts it from its L1. The
     /// key of a response the layer answered is in that response's
     /// extensions.
-    pub async fn purge(&self, key: &crate::Key) {
+    pub async fn purge(&self, key: &Key) {
         self.engine.purge(None, key).await;
     }
 
     /// [`purge`](Self::purge), for an entry stored under another namespace
     /// (one chosen per request with `x-idempotency-namespace`).
-    pub async fn purge_in(&self, namespace: &str, key: &crate::Key) {
+    pub async fn purge_in(&self, namespace: &str, key: &Key) {
         self.engine.purge(Some(namespace), key).await;
     }
 
@@ -101,7 +101,9 @@ impl IdempotencyLayer {
 
     /// Totals of every instance sharing this layer's Redis, if it has one.
     #[cfg(feature = "redis")]
-    pub async fn fleet_stats(&self) -> Option<Result<crate::FleetStats, crate::StoreError>> {
+    pub async fn fleet_stats(
+        &self,
+    ) -> Option<Result<crate::store::redis::FleetStats, crate::store::redis::StoreError>> {
         match self.engine.l2().redis() {
             Some(redis) => Some(redis.fleet_stats().await),
             None => None,
@@ -114,7 +116,7 @@ impl IdempotencyLayer {
     pub async fn top_entries(
         &self,
         n: usize,
-    ) -> Option<Result<Vec<crate::TopEntry>, crate::StoreError>> {
+    ) -> Option<Result<Vec<crate::store::redis::TopEntry>, crate::store::redis::StoreError>> {
         let redis = self.engine.l2().redis()?;
         Some(redis.top_entries(self.engine.namespace(), n).await)
     }
@@ -315,7 +317,7 @@ impl Builder {
     /// A layer has one L2: this replaces a [`sqlite`](Self::sqlite) store
     /// set before.
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, store: crate::RedisStore) -> Self {
+    pub fn redis(mut self, store: crate::store::redis::RedisStore) -> Self {
         self.config.l2 = crate::store::Backend::Redis(store);
         self
     }
@@ -326,7 +328,7 @@ impl Builder {
     /// A layer has one L2: this replaces a [`redis`](Self::redis) store set
     /// before.
     #[cfg(feature = "sqlite")]
-    pub fn sqlite(mut self, store: crate::SqliteStore) -> Self {
+    pub fn sqlite(mut self, store: crate::store::sqlite::SqliteStore) -> Self {
         self.config.l2 = crate::store::Backend::Sqlite(store);
         self
     }
@@ -409,7 +411,7 @@ impl Builder {
     /// With [`KeyHeader::Required`](crate::KeyHeader::Required), a request
     /// without the header is answered 400. Keys longer than 255 characters
     /// or with characters outside visible ASCII are answered 400.
-    pub fn idempotency_key_header(mut self, mode: crate::KeyHeader) -> Self {
+    pub fn idempotency_key_header(mut self, mode: KeyHeader) -> Self {
         self.config.key_header = Some(mode);
         self
     }
@@ -418,15 +420,15 @@ impl Builder {
     /// is priced by default.
     #[cfg(feature = "ai")]
     pub fn prices(mut self, prices: crate::ai::PriceTable) -> Self {
-        self.config.prices = Some(prices);
+        self.config.ai.prices = Some(prices);
         self
     }
 
     /// What to do with AI requests that ask for nondeterministic sampling.
     /// Default: nothing special (they are cached like any other).
     #[cfg(feature = "ai")]
-    pub fn sampling_policy(mut self, policy: crate::SamplingPolicy) -> Self {
-        self.config.sampling = Some(policy);
+    pub fn sampling_policy(mut self, policy: SamplingPolicy) -> Self {
+        self.config.ai.sampling = Some(policy);
         self
     }
 
@@ -455,6 +457,113 @@ impl std::fmt::Debug for Builder {
             .field("methods", &self.config.methods)
             .finish_non_exhaustive()
     }
+}
+
+/// How the `Idempotency-Key` request header is used; see
+/// [`Builder::idempotency_key_header`].
+///
+/// # Examples
+///
+/// A retried payment carries the key of its first attempt, and is answered
+/// from it: the payment runs once.
+///
+/// ```
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, KeyHeader, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let payments = Arc::new(AtomicUsize::new(0));
+/// let counter = Arc::clone(&payments);
+/// let layer = IdempotencyLayer::builder()
+///     .idempotency_key_header(KeyHeader::Required)
+///     .build();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
+///         counter.fetch_add(1, Ordering::SeqCst);
+///         async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("paid")))) }
+///     });
+///
+/// for _ in 0..2 {
+///     let request = Request::post("/v1/payments")
+///         .header("idempotency-key", "order-8812")
+///         .body(Full::new(Bytes::from(r#"{"amount":100}"#)))?;
+///     let response = service.ready().await?.call(request).await?;
+///     assert_eq!(response.status(), StatusCode::OK);
+/// }
+/// assert_eq!(payments.load(Ordering::SeqCst), 1);
+///
+/// // Required: a request without the header is answered 400.
+/// let request = Request::post("/v1/payments").body(Full::new(Bytes::from("{}")))?;
+/// let response = service.ready().await?.call(request).await?;
+/// assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyHeader {
+    /// A request with the header is keyed by it; one without is keyed by
+    /// its content.
+    Optional,
+    /// A request without the header is answered 400.
+    Required,
+}
+
+/// What to do with AI requests that ask for nondeterministic sampling
+/// (`temperature > 0`, or no temperature, and no `seed`); see
+/// [`Builder::sampling_policy`].
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody, SamplingPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let calls = Arc::new(AtomicUsize::new(0));
+/// let counter = Arc::clone(&calls);
+/// let layer = IdempotencyLayer::builder()
+///     .sampling_policy(SamplingPolicy::Skip)
+///     .build();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
+///         counter.fetch_add(1, Ordering::SeqCst);
+///         async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("a poem")))) }
+///     });
+///
+/// // Asked twice for a creative answer: each ask gets its own.
+/// for _ in 0..2 {
+///     let request = Request::post("/v1/chat/completions")
+///         .header("content-type", "application/json")
+///         .body(Full::new(Bytes::from(r#"{"model":"m","temperature":0.9,"messages":[]}"#)))?;
+///     service.ready().await?.call(request).await?;
+/// }
+/// assert_eq!(calls.load(Ordering::SeqCst), 2);
+/// assert_eq!(layer.stats().bypassed.sampling, 2);
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "ai")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SamplingPolicy {
+    /// Never cache them: a user who asks again wants another answer.
+    Skip,
+    /// Cache them only this long, enough to absorb retries and double-clicks
+    /// but not an intentional re-ask a minute later.
+    RetryWindow(Duration),
 }
 
 #[cfg(test)]

@@ -161,14 +161,13 @@ pub use body::{RequestBody, ResponseBody};
 pub use cache_status::CACHE_STATUS;
 #[cfg(feature = "reqwest")]
 pub use client::IdempotencyMiddleware;
-pub use engine::KeyHeader;
-#[cfg(feature = "ai")]
-pub use engine::SamplingPolicy;
 pub use error::{BoxError, Error, ErrorKind};
 pub use future::ResponseFuture;
 pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
-pub use layer::{Builder, IdempotencyLayer};
-pub use policy::{StorePredicate, Successful};
+#[cfg(feature = "ai")]
+pub use layer::SamplingPolicy;
+pub use layer::{Builder, IdempotencyLayer, KeyHeader};
+pub use policy::{strip_hop_by_hop, StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 #[cfg(feature = "redis")]

@@ -13,9 +13,10 @@ use tower_service::Service;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Answer, Classified, Engine, Lead, Upstream},
+    engine::{Answer, Engine, Lead, Upstream},
     error::BoxError,
     future::ResponseFuture,
+    policy::Classified,
     stats::Stats,
 };
 
@@ -97,7 +98,7 @@ where
         let (mut parts, body) = request.into_parts();
         match self.engine.classify(&parts.method, &mut parts.headers) {
             Classified::Skip(skip) => {
-                self.engine.count_upstream_call();
+                // Counted by the engine as the upstream call it becomes.
                 let request = Request::from_parts(parts, RequestBody::passthrough(body));
                 ResponseFuture::skipped(self.inner.call(request), self.engine.skip_status(skip))
             }
