@@ -19,8 +19,8 @@ mod enabled {
 
     use crate::{
         ai::{self, PriceTable, Sampling, UsageScanner},
+        builder::SamplingPolicy,
         key::Key,
-        layer::SamplingPolicy,
         record::Meta,
     };
 

@@ -9,10 +9,10 @@ use http::{request, HeaderMap, HeaderName};
 
 use super::Engine;
 use crate::{
+    builder::KeyHeader,
     error::{Error, ErrorKind},
     idempotency_key::{self, KeyError},
     key::Key,
-    layer::KeyHeader,
     policy::control,
     record::Record,
 };

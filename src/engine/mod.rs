@@ -48,11 +48,11 @@ use self::{
 };
 use crate::{
     body::{buffer, Buffered, RequestBody},
+    builder::KeyHeader,
     error::{BoxError, Error, ErrorKind},
     flight::Flights,
     idempotency_key,
     key::{Key, KeySpec},
-    layer::KeyHeader,
     policy::{self, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
     stats::{Counters, Stats},
     store::{Backend, MemoryStore, L2},

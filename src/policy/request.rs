@@ -7,10 +7,10 @@ use http::{HeaderMap, HeaderName, Method};
 
 use super::cache_control::{request_directive, Directive};
 use crate::{
+    builder::KeyHeader,
     engine::Config,
     error::{Error, ErrorKind},
     idempotency_key,
-    layer::KeyHeader,
 };
 
 /// The per-request control headers, consumed by the layer when

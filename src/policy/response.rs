@@ -8,7 +8,49 @@ use super::hop_by_hop::HopByHop;
 ///
 /// Implemented for closures `Fn(&http::response::Parts) -> bool`. The rules
 /// that protect users (`no-store`, `private`, the size limit) apply on top of
-/// the predicate and cannot be widened.
+/// the predicate and cannot be widened. Set it with
+/// [`Builder::store_if`](crate::Builder::store_if).
+///
+/// # Examples
+///
+/// Keep 404s too, so that asking again for what is not there costs nothing:
+///
+/// ```
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+/// use bytes::Bytes;
+/// use http::{response, Request, Response, StatusCode};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody, StorePredicate, Successful};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = IdempotencyLayer::builder()
+///     .store_if(|head: &response::Parts| {
+///         Successful.should_store(head) || head.status == StatusCode::NOT_FOUND
+///     })
+///     .build();
+/// let calls = Arc::new(AtomicUsize::new(0));
+/// let counter = Arc::clone(&calls);
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
+///         counter.fetch_add(1, Ordering::SeqCst);
+///         let mut response = Response::new(Full::new(Bytes::from("no such model")));
+///         *response.status_mut() = StatusCode::NOT_FOUND;
+///         async { Ok::<_, std::convert::Infallible>(response) }
+///     });
+///
+/// for _ in 0..2 {
+///     let request = Request::get("/v1/models/unknown").body(Full::new(Bytes::new()))?;
+///     let response = service.ready().await?.call(request).await?;
+///     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+///     response.into_body().collect().await?;
+/// }
+/// assert_eq!(calls.load(Ordering::SeqCst), 1);
+/// # Ok(())
+/// # }
+/// ```
 pub trait StorePredicate: Send + Sync + 'static {
     /// Whether a response with this head may be stored.
     fn should_store(&self, head: &response::Parts) -> bool;
@@ -24,6 +66,20 @@ where
 }
 
 /// The default [`StorePredicate`]: store 2xx responses only.
+///
+/// # Examples
+///
+/// ```
+/// use http::{Response, StatusCode};
+/// use tower_idempotency::{StorePredicate, Successful};
+///
+/// let ok = Response::new(()).into_parts().0;
+/// assert!(Successful.should_store(&ok));
+///
+/// let mut failed = Response::new(());
+/// *failed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+/// assert!(!Successful.should_store(&failed.into_parts().0));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Successful;
 
