@@ -140,6 +140,7 @@ pub mod __fuzz;
 #[cfg(feature = "ai")]
 pub mod ai;
 mod body;
+mod builder;
 mod cache_status;
 #[cfg(feature = "reqwest")]
 mod client;
@@ -158,17 +159,17 @@ mod store;
 mod telemetry;
 
 pub use body::{RequestBody, ResponseBody};
+#[cfg(feature = "ai")]
+pub use builder::SamplingPolicy;
+pub use builder::{Builder, KeyHeader};
 pub use cache_status::CACHE_STATUS;
 #[cfg(feature = "reqwest")]
 pub use client::IdempotencyMiddleware;
-pub use engine::KeyHeader;
-#[cfg(feature = "ai")]
-pub use engine::SamplingPolicy;
 pub use error::{BoxError, Error, ErrorKind};
 pub use future::ResponseFuture;
 pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
-pub use layer::{Builder, IdempotencyLayer};
-pub use policy::{StorePredicate, Successful};
+pub use layer::IdempotencyLayer;
+pub use policy::{strip_hop_by_hop, StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 #[cfg(feature = "redis")]
