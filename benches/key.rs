@@ -21,8 +21,8 @@ mod support;
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::request::Parts;
 use serde_json::json;
 use sha2::{Digest, Sha256};

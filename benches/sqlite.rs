@@ -79,12 +79,24 @@ fn bench_sqlite(c: &mut Criterion) {
         .layer(upstream(Bytes::from_static(ANSWER)));
     group.bench_function("memory_miss", |b| {
         b.to_async(&runtime).iter(|| async {
-            black_box(round_trip(&mut memory.clone(), question(next.fetch_add(1, Ordering::Relaxed))).await)
+            black_box(
+                round_trip(
+                    &mut memory.clone(),
+                    question(next.fetch_add(1, Ordering::Relaxed)),
+                )
+                .await,
+            )
         })
     });
     group.bench_function("sqlite_miss", |b| {
         b.to_async(&runtime).iter(|| async {
-            black_box(round_trip(&mut to_file.clone(), question(next.fetch_add(1, Ordering::Relaxed))).await)
+            black_box(
+                round_trip(
+                    &mut to_file.clone(),
+                    question(next.fetch_add(1, Ordering::Relaxed)),
+                )
+                .await,
+            )
         })
     });
     group.finish();

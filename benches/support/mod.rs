@@ -82,13 +82,7 @@ where
     RB: Body,
     RB::Error: std::fmt::Debug,
 {
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request)
-        .await
-        .unwrap();
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
     response
         .into_body()
         .collect()

@@ -42,7 +42,10 @@ async fn hundred_concurrent_duplicates_make_one_call() {
         })
         .collect();
     // Let every request reach the layer before the upstream answers.
-    until("every request reached the layer", || layer.stats().requests == 100).await;
+    until("every request reached the layer", || {
+        layer.stats().requests == 100
+    })
+    .await;
     // From there to its flight a request does a few microseconds of work
     // that nothing outside the crate can see (no clock to pause on this
     // multi-threaded runtime): a margin, not an ordering.

@@ -220,7 +220,10 @@ async fn concurrent_keyed_requests_with_no_store_are_coalesced() {
         })
         .collect();
     assert!(eventually(Duration::from_secs(5), || calls.get() == 1).await);
-    until("every request reached the layer", || layer.stats().requests == 8).await;
+    until("every request reached the layer", || {
+        layer.stats().requests == 8
+    })
+    .await;
     // From there to the flight is a few microseconds of work nothing
     // outside the crate can see (no clock to pause on this multi-threaded
     // runtime): a margin, not an ordering.
