@@ -142,7 +142,7 @@ impl fmt::Debug for Key {
 ///
 /// Implemented for closures `Fn(&Parts, &[u8]) -> Vec<u8>`; [`TextNormalizer`]
 /// is a ready one. Set it with
-/// [`Builder::normalize_body`](crate::layer::Builder::normalize_body); it
+/// [`Builder::normalize_body`](crate::builder::Builder::normalize_body); it
 /// replaces JSON canonicalisation.
 ///
 /// # Examples
@@ -233,7 +233,7 @@ impl NormalizeBody for TextNormalizer {
 /// Return `None` to let the request bypass the layer. The returned bytes are
 /// hashed together with the namespace, so keys stay 256 bits and namespaced.
 /// Implemented for closures `Fn(&Parts, &[u8]) -> Option<Vec<u8>>`. Set it
-/// with [`Builder::key_fn`](crate::layer::Builder::key_fn).
+/// with [`Builder::key_fn`](crate::builder::Builder::key_fn).
 ///
 /// # Examples
 ///

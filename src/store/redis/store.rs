@@ -18,7 +18,7 @@ use crate::store::invalidation::Invalidation;
 /// A Redis (or Redis Cluster) L2 shared by every instance of an application.
 ///
 /// Cheap to clone. Build one per process and give it to the layer with
-/// [`Builder::redis`](crate::layer::Builder::redis):
+/// [`Builder::redis`](crate::builder::Builder::redis):
 ///
 /// ```no_run
 /// use tower_idempotency::{IdempotencyLayer, RedisStore};

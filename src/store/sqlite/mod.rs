@@ -92,7 +92,7 @@ use crate::{
 ///
 /// Processes on one machine that open the same file share its entries
 /// (SQLite's own locking). Only one L2 is used at a time: a layer has either
-/// [`Builder::sqlite`](crate::layer::Builder::sqlite) or `Builder::redis`, the last
+/// [`Builder::sqlite`](crate::builder::Builder::sqlite) or `Builder::redis`, the last
 /// one set. Concurrent duplicates are coalesced within each process; across
 /// processes single flight is Redis's job.
 #[derive(Clone)]
