@@ -13,6 +13,8 @@
 //! cargo bench --bench coalesce -- --measurement-time 3 --warm-up-time 1
 //! ```
 
+mod support;
+
 use std::{
     convert::Infallible,
     sync::{
@@ -25,10 +27,12 @@ use std::{
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::sync::Notify;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_idempotency::{IdempotencyLayer, RequestBody};
+
+use support::{chat, round_trip};
 
 const CALLERS: usize = 1000;
 const SIZES: [(&str, usize); 2] = [("1KiB", 1024), ("64KiB", 64 * 1024)];
@@ -77,13 +81,9 @@ impl Gate {
 }
 
 fn request(round: u64) -> Request<Full<Bytes>> {
-    let body = format!(
+    chat(format!(
         r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"round {round}"}}]}}"#
-    );
-    Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
+    ))
 }
 
 /// One burst; returns the time from the upstream's return to the last
@@ -97,15 +97,8 @@ async fn burst(layer: &IdempotencyLayer, size: usize, round: u64) -> Duration {
         .map(|_| {
             let mut service = service.clone();
             tokio::spawn(async move {
-                let response = service
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(request(round))
-                    .await
-                    .unwrap();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                (Instant::now(), body.len())
+                let len = round_trip(&mut service, request(round)).await;
+                (Instant::now(), len)
             })
         })
         .collect();

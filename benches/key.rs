@@ -17,13 +17,18 @@
 //! cargo bench --bench key -- --measurement-time 3 --warm-up-time 1
 //! ```
 
+mod support;
+
 use std::hint::black_box;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use http::{request::Parts, Request};
+use http::request::Parts;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tower_idempotency::IdempotencyLayer;
+
+use support::request;
 
 const SIZES: [(&str, usize); 3] = [
     ("1KiB", 1024),
@@ -32,14 +37,7 @@ const SIZES: [(&str, usize); 3] = [
 ];
 
 fn parts(content_type: &str) -> Parts {
-    Request::post("/v1/chat/completions")
-        .header("content-type", content_type)
-        .header("authorization", "Bearer sk-bench-0123456789abcdef")
-        .header("accept", "application/json")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0
+    request(content_type, Bytes::new()).into_parts().0
 }
 
 /// Prose the way prompts come: sentences, quotes, paragraphs.

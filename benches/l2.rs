@@ -36,9 +36,9 @@
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
+mod support;
 
 use std::{
-    convert::Infallible,
     future::poll_fn,
     hint::black_box,
     pin::Pin,
@@ -49,26 +49,13 @@ use std::{
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_core::Stream;
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
 use redis::aio::ConnectionManager;
 use redis_server::RedisServer;
-use tower::{Layer, Service, ServiceExt};
+use support::{chat, round_trip, upstream, CHAT};
+use tower::Layer;
 use tower_idempotency::{IdempotencyLayer, RedisStore};
 
 const RESPONSE_BYTES: usize = 1024;
-
-const REQUEST_BODY: &str = r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Describe the attached product photo in one sentence."}]}"#;
-
-fn request(body: Bytes) -> Request<Full<Bytes>> {
-    Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-0123456789abcdef")
-        .header("accept", "application/json")
-        .body(Full::new(body))
-        .unwrap()
-}
 
 /// A request body no earlier iteration has sent.
 fn unique_body() -> Bytes {
@@ -77,53 +64,6 @@ fn unique_body() -> Bytes {
     Bytes::from(format!(
         r#"{{"model":"gpt-4o-mini","temperature":0,"messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Describe product photo number {n} in one sentence."}}]}}"#
     ))
-}
-
-/// The inner service: answers every request at once with the same 1 KiB.
-fn upstream<B>(
-) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static
-where
-    B: Send + 'static,
-{
-    let stored = Bytes::from(vec![b'x'; RESPONSE_BYTES]);
-    tower::service_fn(move |_: Request<B>| {
-        let body = stored.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .unwrap(),
-            )
-        }
-    })
-}
-
-/// One request: call, then read the body whole; returns its length.
-async fn round_trip<S, RB>(service: &mut S, body: Bytes) -> usize
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
-    S::Error: std::fmt::Debug,
-    RB: Body,
-    RB::Error: std::fmt::Debug,
-{
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(body))
-        .await
-        .unwrap();
-    response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .len()
 }
 
 /// The name of an entry's hash in Redis (see the `store::redis` docs).
@@ -179,24 +119,24 @@ fn bench_l2(c: &mut Criterion) {
         let events = Events::subscribe(&client).await;
         (layer, bare, events)
     });
-    let mut service = layer.layer(upstream());
+    let mut service = layer.layer(upstream(Bytes::from(vec![b'x'; RESPONSE_BYTES])));
 
-    let hit_body = Bytes::from_static(REQUEST_BODY.as_bytes());
+    let hit_body = Bytes::from_static(CHAT.as_bytes());
     let entry = {
-        let (parts, _) = request(hit_body.clone()).into_parts();
+        let (parts, _) = chat(hit_body.clone()).into_parts();
         entry_name("", &layer.key_for(&parts, &hit_body).unwrap())
     };
     let value = vec![b'v'; RESPONSE_BYTES];
     runtime.block_on(async {
         // Store the 1 KiB response, and wait until it is in Redis.
         assert_eq!(
-            round_trip(&mut service, hit_body.clone()).await,
+            round_trip(&mut service, chat(hit_body.clone())).await,
             RESPONSE_BYTES
         );
         events.next().await;
         // Warm: the second request is the first L2 hit.
         assert_eq!(
-            round_trip(&mut service, hit_body.clone()).await,
+            round_trip(&mut service, chat(hit_body.clone())).await,
             RESPONSE_BYTES
         );
         let stats = layer.stats();
@@ -239,7 +179,7 @@ fn bench_l2(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             let mut service = service.clone();
             let body = hit_body.clone();
-            async move { black_box(round_trip(&mut service, body).await) }
+            async move { black_box(round_trip(&mut service, chat(body)).await) }
         })
     });
     let after = layer.stats();
@@ -317,7 +257,7 @@ fn bench_l2(c: &mut Criterion) {
                 for _ in 0..iterations {
                     let body = unique_body();
                     let started = Instant::now();
-                    black_box(round_trip(&mut service, body).await);
+                    black_box(round_trip(&mut service, chat(body)).await);
                     events.next().await;
                     elapsed += started.elapsed();
                 }
@@ -341,7 +281,7 @@ fn bench_l2(c: &mut Criterion) {
     group.bench_function("miss_caller", |b| {
         b.to_async(&runtime).iter(|| {
             let mut service = service.clone();
-            async move { black_box(round_trip(&mut service, unique_body()).await) }
+            async move { black_box(round_trip(&mut service, chat(unique_body())).await) }
         })
     });
     group.finish();

@@ -12,75 +12,18 @@
 //! cargo bench --bench layer -- --measurement-time 3 --warm-up-time 1
 //! ```
 
-use std::{convert::Infallible, hint::black_box};
+mod support;
+
+use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tower_idempotency::IdempotencyLayer;
 
+use support::{chat, round_trip, upstream, CHAT};
+
 const SIZES: [(&str, usize); 2] = [("1KiB", 1024), ("64KiB", 64 * 1024)];
-
-const REQUEST_BODY: &str = r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Describe the attached product photo in one sentence."}]}"#;
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-0123456789abcdef")
-        .header("accept", "application/json")
-        .body(Full::new(Bytes::from_static(REQUEST_BODY.as_bytes())))
-        .unwrap()
-}
-
-/// The inner service: answers every request with the same stored body.
-fn upstream<B>(
-    stored: Bytes,
-) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static
-where
-    B: Send + 'static,
-{
-    tower::service_fn(move |_: Request<B>| {
-        let body = stored.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .unwrap(),
-            )
-        }
-    })
-}
-
-/// One request: call, then read the body whole; returns its length.
-async fn round_trip<S, RB>(service: &mut S) -> usize
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
-    S::Error: std::fmt::Debug,
-    RB: Body,
-    RB::Error: std::fmt::Debug,
-{
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request())
-        .await
-        .unwrap();
-    response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .len()
-}
 
 fn bench_layer(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -95,7 +38,7 @@ fn bench_layer(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bare", label), |b| {
             b.to_async(&runtime).iter(|| {
                 let mut bare = bare.clone();
-                async move { black_box(round_trip(&mut bare).await) }
+                async move { black_box(round_trip(&mut bare, chat(CHAT)).await) }
             })
         });
 
@@ -103,13 +46,13 @@ fn bench_layer(c: &mut Criterion) {
         let mut service = layer.layer(upstream(stored.clone()));
         // Warm: the first call stores, every later one is an L1 hit.
         runtime.block_on(async {
-            assert_eq!(round_trip(&mut service).await, size);
-            assert_eq!(round_trip(&mut service).await, size);
+            assert_eq!(round_trip(&mut service, chat(CHAT)).await, size);
+            assert_eq!(round_trip(&mut service, chat(CHAT)).await, size);
         });
         group.bench_function(BenchmarkId::new("l1_hit", label), |b| {
             b.to_async(&runtime).iter(|| {
                 let mut service = service.clone();
-                async move { black_box(round_trip(&mut service).await) }
+                async move { black_box(round_trip(&mut service, chat(CHAT)).await) }
             })
         });
         let stats = layer.stats();
@@ -121,7 +64,7 @@ fn bench_layer(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bare_again", label), |b| {
             b.to_async(&runtime).iter(|| {
                 let mut bare = bare.clone();
-                async move { black_box(round_trip(&mut bare).await) }
+                async move { black_box(round_trip(&mut bare, chat(CHAT)).await) }
             })
         });
     }

@@ -6,56 +6,29 @@
 //! cargo bench --bench sqlite --features sqlite -- --measurement-time 3 --warm-up-time 1
 //! ```
 
+mod support;
+
 use std::{
-    convert::Infallible,
     hint::black_box,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt};
+use http::Request;
+use http_body_util::Full;
+use tower::Layer;
 use tower_idempotency::{IdempotencyLayer, SqliteStore};
+
+use support::{chat, round_trip, upstream};
 
 const ANSWER: &[u8] = &[b'x'; 1024];
 
-fn request(n: u64) -> Request<Full<Bytes>> {
-    Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-0123456789abcdef")
-        .body(Full::new(Bytes::from(format!(
-            r#"{{"model":"gpt-4o-mini","temperature":0,"messages":[{{"role":"user","content":"question {n}"}}]}}"#
-        ))))
-        .unwrap()
-}
-
-fn upstream<B: Send + 'static>(
-) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static {
-    tower::service_fn(|_: Request<B>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(ANSWER))))
-    })
-}
-
-async fn round_trip<S, RB>(service: &S, n: u64) -> usize
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
-    S::Error: std::fmt::Debug,
-    RB: http_body::Body,
-    RB::Error: std::fmt::Debug,
-{
-    let response = service.clone().oneshot(request(n)).await.unwrap();
-    response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .len()
+/// A request no other has sent, numbered `n`.
+fn question(n: u64) -> Request<Full<Bytes>> {
+    chat(format!(
+        r#"{{"model":"gpt-4o-mini","temperature":0,"messages":[{{"role":"user","content":"question {n}"}}]}}"#
+    ))
 }
 
 fn bench_sqlite(c: &mut Criterion) {
@@ -69,26 +42,26 @@ fn bench_sqlite(c: &mut Criterion) {
 
     // Hits: the memory layer answers from L1; the SQLite layer has no L1
     // room, so every repeat is read from the file.
-    let memory = IdempotencyLayer::new().layer(upstream());
+    let memory = IdempotencyLayer::new().layer(upstream(Bytes::from_static(ANSWER)));
     let store = SqliteStore::open(dir.path().join("hits.sqlite3")).unwrap();
     let file = IdempotencyLayer::builder()
         .l1_capacity(0)
         .sqlite(store)
         .build();
-    let from_file = file.layer(upstream());
+    let from_file = file.layer(upstream(Bytes::from_static(ANSWER)));
     runtime.block_on(async {
-        round_trip(&memory, 0).await;
-        round_trip(&from_file, 0).await;
+        round_trip(&mut memory.clone(), question(0)).await;
+        round_trip(&mut from_file.clone(), question(0)).await;
         // The entry reaches the file just after the first answer ends.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     });
     group.bench_function("memory_hit", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(round_trip(&memory, 0).await) })
+            .iter(|| async { black_box(round_trip(&mut memory.clone(), question(0)).await) })
     });
     group.bench_function("sqlite_hit", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(round_trip(&from_file, 0).await) })
+            .iter(|| async { black_box(round_trip(&mut from_file.clone(), question(0)).await) })
     });
     assert_eq!(
         file.stats().upstream_calls,
@@ -98,20 +71,32 @@ fn bench_sqlite(c: &mut Criterion) {
 
     // Misses: every request is new; the SQLite layer also writes the answer.
     let next = AtomicU64::new(1);
-    let memory = IdempotencyLayer::new().layer(upstream());
+    let memory = IdempotencyLayer::new().layer(upstream(Bytes::from_static(ANSWER)));
     let store = SqliteStore::open(dir.path().join("misses.sqlite3")).unwrap();
     let to_file = IdempotencyLayer::builder()
         .sqlite(store)
         .build()
-        .layer(upstream());
+        .layer(upstream(Bytes::from_static(ANSWER)));
     group.bench_function("memory_miss", |b| {
         b.to_async(&runtime).iter(|| async {
-            black_box(round_trip(&memory, next.fetch_add(1, Ordering::Relaxed)).await)
+            black_box(
+                round_trip(
+                    &mut memory.clone(),
+                    question(next.fetch_add(1, Ordering::Relaxed)),
+                )
+                .await,
+            )
         })
     });
     group.bench_function("sqlite_miss", |b| {
         b.to_async(&runtime).iter(|| async {
-            black_box(round_trip(&to_file, next.fetch_add(1, Ordering::Relaxed)).await)
+            black_box(
+                round_trip(
+                    &mut to_file.clone(),
+                    question(next.fetch_add(1, Ordering::Relaxed)),
+                )
+                .await,
+            )
         })
     });
     group.finish();

@@ -13,15 +13,20 @@
 //! cargo run --release --example l1_memory -- --keys 100000 --body-bytes 2048 --budget-mib 64
 //! ```
 
-use std::{convert::Infallible, time::Instant};
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt};
+use http_body_util::Full;
+use tower::{Layer, Service};
 use tower_idempotency::IdempotencyLayer;
+
+use support::{request, round_trip, upstream_with};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -39,35 +44,10 @@ struct Args {
     budget_mib: u64,
 }
 
-/// The upstream: a fresh body of `size` bytes per request, as a real one
-/// would allocate.
-fn upstream<B>(
-    size: usize,
-) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static
-where
-    B: Send + 'static,
-{
-    tower::service_fn(move |request: Request<B>| {
-        let seed = request.uri().path().len() as u8;
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(vec![seed; size])))
-                    .unwrap(),
-            )
-        }
-    })
-}
-
-fn request(i: u64) -> Request<Full<Bytes>> {
-    Request::post("/v1/chat/completions")
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(format!("question number {i}"))))
-        .unwrap()
+/// What the upstream answers: a fresh body of `size` bytes per request, as
+/// a real one would allocate.
+fn fresh(size: usize) -> impl Fn() -> Bytes + Clone + Send + 'static {
+    move || Bytes::from(vec![b'x'; size])
 }
 
 /// Sends `keys` distinct requests one after another, reading every body;
@@ -81,20 +61,8 @@ where
 {
     let mut received = 0;
     for i in 0..keys {
-        let response = service
-            .ready()
-            .await
-            .unwrap()
-            .call(request(i))
-            .await
-            .unwrap();
-        received += response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .len() as u64;
+        let question = request("text/plain", format!("question number {i}"));
+        received += round_trip(service, question).await as u64;
     }
     received
 }
@@ -142,14 +110,14 @@ async fn main() {
     let start = report("start");
 
     let started = Instant::now();
-    let mut bare = upstream(args.body_bytes);
+    let mut bare = upstream_with(fresh(args.body_bytes));
     let received = push(&mut bare, args.keys).await;
     assert_eq!(received, offered);
     let after_bare = report("after bare (no layer)");
     println!("  bare run: {:.2?}", started.elapsed());
 
     let layer = IdempotencyLayer::builder().l1_capacity(budget).build();
-    let mut service = layer.layer(upstream(args.body_bytes));
+    let mut service = layer.layer(upstream_with(fresh(args.body_bytes)));
     let started = Instant::now();
     let received = push(&mut service, args.keys).await;
     assert_eq!(received, offered);

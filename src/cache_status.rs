@@ -2,7 +2,37 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The `cache-status` header name.
+/// The `cache-status` header name (RFC 9211), under which the layer
+/// reports how it answered: `hit`, `fwd=uri-miss` (with `stored` or
+/// `collapsed`), `fwd=request`, `fwd=bypass` or `fwd=method`.
+///
+/// Turn the header off with
+/// [`Builder::cache_status_header`](crate::Builder::cache_status_header).
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody, CACHE_STATUS};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let mut service = ServiceBuilder::new()
+///     .layer(IdempotencyLayer::new())
+///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+///     });
+///
+/// // DELETE is not eligible by default: it goes through, and says why.
+/// let request = Request::delete("/v1/files/7").body(Full::new(Bytes::new()))?;
+/// let response = service.ready().await?.call(request).await?;
+/// assert_eq!(response.headers()[CACHE_STATUS], "tower-idempotency; fwd=method");
+/// # Ok(())
+/// # }
+/// ```
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// How the layer answered a request.

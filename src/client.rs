@@ -10,8 +10,10 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Answer, Classified, Engine, Lead, Upstream},
-    IdempotencyLayer, Stats,
+    engine::{Answer, Engine, Lead, Upstream},
+    layer::IdempotencyLayer,
+    policy::Classified,
+    stats::Stats,
 };
 
 /// Runs a `reqwest` client's requests through an [`IdempotencyLayer`]'s
@@ -204,8 +206,8 @@ impl Middleware for IdempotencyMiddleware {
         *view.headers_mut() = outgoing;
         let (mut parts, body) = view.into_parts();
         let plan = match self.engine.classify(&parts.method, &mut parts.headers) {
+            // Counted by the engine as the upstream call it becomes.
             Classified::Skip(_) => {
-                self.engine.count_upstream_call();
                 *request.headers_mut() = parts.headers;
                 return next.run(request, extensions).await;
             }

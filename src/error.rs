@@ -1,4 +1,4 @@
-//! The layer's own failures.
+//! The layer's own failures: [`Error`] and its [`ErrorKind`].
 //!
 //! The service keeps `Error = S::Error`: the layer's own failures become HTTP
 //! responses (an error would drop the connection without an answer), and the
@@ -11,6 +11,24 @@ use std::{fmt, sync::Arc};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What kind of failure the layer answered.
+///
+/// # Examples
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_idempotency::ErrorKind;
+///
+/// // What an outer layer might log, by kind.
+/// fn describe(kind: ErrorKind) -> &'static str {
+///     match kind {
+///         ErrorKind::KeyReused => "the client reused a key",
+///         ErrorKind::InFlight => "the client retried too early",
+///         ErrorKind::UpstreamTimeout => "the upstream is slow",
+///         _ => "the client sent a bad request",
+///     }
+/// }
+/// assert_eq!(describe(ErrorKind::MissingKey), "the client sent a bad request");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -38,6 +56,36 @@ pub enum ErrorKind {
 /// that answered it.
 ///
 /// Cheap to clone: the source is shared.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{Error, ErrorKind, IdempotencyLayer, KeyHeader, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = IdempotencyLayer::builder()
+///     .idempotency_key_header(KeyHeader::Required)
+///     .build();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+///     });
+///
+/// let request = Request::post("/v1/orders").body(Full::new(Bytes::from("{}")))?;
+/// let response = service.ready().await?.call(request).await?;
+/// assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+/// let error = response.extensions().get::<Error>().expect("the layer's own answer");
+/// assert_eq!(error.kind(), ErrorKind::MissingKey);
+/// assert_eq!(error.to_string(), "idempotency-key is required");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,

@@ -19,6 +19,42 @@ pin_project! {
     /// A request the policy skips from its head alone (an ineligible method,
     /// `no-store`) goes straight to the inner future, unboxed; every other one
     /// runs through the engine.
+    ///
+    /// # Examples
+    ///
+    /// It is what calling the service returns; name it to store the service
+    /// in a struct or to box it:
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::future::Ready;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_idempotency::{IdempotencyLayer, RequestBody, ResponseBody, ResponseFuture};
+    ///
+    /// type Handler = tower::util::ServiceFn<
+    ///     fn(Request<RequestBody<Full<Bytes>>>) -> Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    /// >;
+    ///
+    /// fn echo(request: Request<RequestBody<Full<Bytes>>>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    ///     let _ = request;
+    ///     std::future::ready(Ok(Response::new(Full::new(Bytes::from("pong")))))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let handler: Handler = tower::service_fn(echo as fn(_) -> _);
+    /// let mut service = IdempotencyLayer::new().layer(handler);
+    /// let request = Request::get("/ping").body(Full::new(Bytes::new()))?;
+    /// let future: ResponseFuture<Ready<Result<Response<Full<Bytes>>, Infallible>>, Full<Bytes>, Infallible> =
+    ///     service.ready().await?.call(request);
+    /// let response: Response<ResponseBody<Full<Bytes>>> = future.await?;
+    /// assert!(response.status().is_success());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         state: State<F, B, E>,

@@ -51,6 +51,21 @@ pub const DEFAULT_MAX_LEN: usize = 255;
 pub const PROBLEM_JSON_CONTENT_TYPE: &str = "application/problem+json";
 
 /// Why an `Idempotency-Key` header was refused.
+///
+/// # Examples
+///
+/// ```
+/// use http::HeaderValue;
+/// use tower_idempotency::idempotency_key::{parse_idempotency_key_value, KeyError};
+///
+/// let too_long = HeaderValue::from_static("abcdef");
+/// let error = parse_idempotency_key_value(&too_long, 4).unwrap_err();
+/// assert_eq!(error, KeyError::TooLong { len: 6, max: 4 });
+/// assert_eq!(
+///     &error.to_problem_json()[..],
+///     br#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"idempotency-key is 6 characters long, more than the maximum of 4"}"#
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -118,6 +133,29 @@ impl KeyError {
 ///   [`KeyError::TooLong`]); [`DEFAULT_MAX_LEN`] is Stripe's 255.
 ///
 /// The result borrows from `headers` unless the key had escapes. Never panics.
+///
+/// # Examples
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use tower_idempotency::idempotency_key::{parse_idempotency_key, KeyError, DEFAULT_MAX_LEN, IDEMPOTENCY_KEY};
+///
+/// let key = |values: &[&'static str]| {
+///     let mut headers = HeaderMap::new();
+///     for value in values {
+///         headers.append(IDEMPOTENCY_KEY, HeaderValue::from_static(value));
+///     }
+///     parse_idempotency_key(&headers, DEFAULT_MAX_LEN).map(|key| key.into_owned())
+/// };
+/// // Quoted (the draft) or bare (Stripe): the same key.
+/// assert_eq!(key(&[r#""order-42""#]).as_deref(), Ok("order-42"));
+/// assert_eq!(key(&["order-42"]).as_deref(), Ok("order-42"));
+/// assert_eq!(key(&[r#""a \"quoted\" key""#]).as_deref(), Ok(r#"a "quoted" key"#));
+/// assert_eq!(key(&[]), Err(KeyError::Missing));
+/// assert_eq!(key(&["a", "b"]), Err(KeyError::MultipleValues));
+/// assert_eq!(key(&[r#""a", "b""#]), Err(KeyError::MultipleValues));
+/// assert_eq!(key(&["order 42"]), Err(KeyError::InvalidCharacter));
+/// ```
 pub fn parse_idempotency_key(
     headers: &HeaderMap,
     max_len: usize,
@@ -132,6 +170,18 @@ pub fn parse_idempotency_key(
 
 /// Parses one `Idempotency-Key` header value, by the rules of
 /// [`parse_idempotency_key`].
+///
+/// # Examples
+///
+/// ```
+/// use http::HeaderValue;
+/// use tower_idempotency::idempotency_key::{parse_idempotency_key_value, KeyError, DEFAULT_MAX_LEN};
+///
+/// let value = HeaderValue::from_static(r#"  "8e03978e-40d5"  "#);
+/// assert_eq!(parse_idempotency_key_value(&value, DEFAULT_MAX_LEN).as_deref(), Ok("8e03978e-40d5"));
+/// let empty = HeaderValue::from_static(r#""""#);
+/// assert_eq!(parse_idempotency_key_value(&empty, DEFAULT_MAX_LEN), Err(KeyError::Empty));
+/// ```
 pub fn parse_idempotency_key_value(
     value: &HeaderValue,
     max_len: usize,
@@ -223,6 +273,17 @@ fn trim_ows(mut bytes: &[u8]) -> &[u8] {
 ///
 /// `type` is always `about:blank`, meaning the problem is just what the
 /// status code says; `title` should be the status's reason phrase.
+///
+/// # Examples
+///
+/// ```
+/// use tower_idempotency::idempotency_key::problem_json;
+///
+/// let body = problem_json(422, "Unprocessable Content", "the key was used with another \"payload\"");
+/// let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// assert_eq!(problem["status"], 422);
+/// assert_eq!(problem["detail"], r#"the key was used with another "payload""#);
+/// ```
 pub fn problem_json(status: u16, title: &str, detail: &str) -> Bytes {
     #[derive(serde::Serialize)]
     struct Problem<'a> {

@@ -123,6 +123,41 @@
 //! uncached. A body the client fails to send is answered 400, with an
 //! [`Error`] in the response extensions. The inner service therefore receives
 //! a [`RequestBody<B>`] around the original body type.
+//!
+//! # How a request flows
+//!
+//! Each step of a request's path has one home in the source; the file list
+//! reads in the order a request meets them. The Tower service and the
+//! reqwest middleware are thin adapters; the engine decides.
+//!
+//! ```text
+//! service.rs / client.rs ─► policy ─► body ─► engine/key ─► L1 ─► flight ─► L2 ─► upstream ─► tee
+//!   (adapters)             skip/reject  buffer    key      hit?   join/lead   hit/lease/wait        record, share
+//!                                                                                          └─► respond (replay, live, reject)
+//! ```
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | `layer.rs`, `builder.rs` | [`IdempotencyLayer`] and its [`Builder`]: every setting, with [`KeyHeader`] and `SamplingPolicy` beside it |
+//! | `service.rs`, `future.rs` | [`Idempotency`], the Tower adapter, and its [`ResponseFuture`] |
+//! | `client.rs` | `IdempotencyMiddleware`, the reqwest adapter (feature `reqwest`) |
+//! | `policy/` | the policy step: `request.rs` (control headers, which requests skip the layer), `cache_control.rs` (directives), `response.rs` (what may be stored and shared, [`StorePredicate`]), `hop_by_hop.rs` ([`strip_hop_by_hop`]) |
+//! | `body/` | `request.rs` buffers the request body up to the limit without losing a byte ([`RequestBody`]); `response.rs` is the body the caller reads ([`ResponseBody`]) |
+//! | `key/` | the fingerprint: method, authority, path, sorted query, vary headers, the body ([`Key`], [`MakeKey`], [`NormalizeBody`]); `key/json/` canonicalises JSON in two passes |
+//! | `engine/mod.rs` | the engine: its configuration and `handle`, the request's path in order |
+//! | `engine/key.rs` | the key step: content key, or the `Idempotency-Key` and its payload's fingerprint |
+//! | `engine/lookup.rs` | L1, then the flight map: follow a leader or lead |
+//! | `engine/shared.rs` | the L2 step: a hit, the lease, or waiting for another instance |
+//! | `engine/upstream.rs` | the pending upstream call, forwarding, and the leader's task |
+//! | `engine/tee.rs` | the leader's response streams to every reader while it is recorded, then stored |
+//! | `engine/respond.rs` | building the caller's response: replay, live view, problem response, `cache-status` |
+//! | `engine/observe.rs`, `engine/ai.rs` | one `observe(outcome)` for counters, metrics and span; the `ai` feature's one seam |
+//! | `flight/` | single flight in one process: the map (`mod.rs`), one flight (`state.rs`), its `leader.rs`, each `reader.rs`, the recording `budget.rs` |
+//! | `record/` | the stored response (`mod.rs`), its binary form (`codec.rs`), its `Vary` (`vary.rs`) |
+//! | `store/` | L1 (`memory.rs`, moka), the engine's view of the L2 (`l2.rs`), invalidations to L1 (`invalidation.rs`), `redis/` and `sqlite/` |
+//! | `store/redis/` | one file per concern: `store.rs`, `builder.rs`, `lookup.rs`, `lease.rs`, `waiters.rs`, `pubsub.rs`, `counters.rs`, `admin.rs`, `cluster.rs`, `scripts.rs`, `breaker.rs` |
+//! | `stats.rs`, `telemetry.rs` | [`Stats`] and the `metrics` facade |
+//! | `error.rs`, `cache_status.rs`, `idempotency_key.rs` | the layer's own failures ([`Error`]), the RFC 9211 member, the `Idempotency-Key` header and RFC 9457 problems |
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -140,6 +175,7 @@ pub mod __fuzz;
 #[cfg(feature = "ai")]
 pub mod ai;
 mod body;
+mod builder;
 mod cache_status;
 #[cfg(feature = "reqwest")]
 mod client;
@@ -158,17 +194,17 @@ mod store;
 mod telemetry;
 
 pub use body::{RequestBody, ResponseBody};
+#[cfg(feature = "ai")]
+pub use builder::SamplingPolicy;
+pub use builder::{Builder, KeyHeader};
 pub use cache_status::CACHE_STATUS;
 #[cfg(feature = "reqwest")]
 pub use client::IdempotencyMiddleware;
-pub use engine::KeyHeader;
-#[cfg(feature = "ai")]
-pub use engine::SamplingPolicy;
 pub use error::{BoxError, Error, ErrorKind};
 pub use future::ResponseFuture;
 pub use key::{Key, MakeKey, NormalizeBody, TextNormalizer};
-pub use layer::{Builder, IdempotencyLayer};
-pub use policy::{StorePredicate, Successful};
+pub use layer::IdempotencyLayer;
+pub use policy::{strip_hop_by_hop, StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
 #[cfg(feature = "redis")]

@@ -1,4 +1,5 @@
-//! The service [`IdempotencyLayer`](crate::IdempotencyLayer) makes.
+//! The service [`IdempotencyLayer`](crate::IdempotencyLayer) makes: a thin adapter from Tower to the
+//! engine.
 
 use std::{
     future::Future,
@@ -13,17 +14,50 @@ use tower_service::Service;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Answer, Classified, Engine, Lead, Upstream},
+    engine::{Answer, Engine, Lead, Upstream},
     error::BoxError,
     future::ResponseFuture,
+    policy::Classified,
     stats::Stats,
 };
 
 /// Answers repeated requests from storage and lets one of many concurrent
 /// duplicates reach the inner service.
 ///
-/// Made by [`IdempotencyLayer`](crate::IdempotencyLayer); see the crate docs.
-/// Cloning is cheap: clones share the cache, the flights and the statistics.
+/// Made by [`IdempotencyLayer`](crate::IdempotencyLayer); see the crate docs. Cloning is cheap:
+/// clones share the cache, the flights and the statistics.
+///
+/// The inner service receives a [`RequestBody`] around the original body,
+/// and the caller a [`ResponseBody`] around the inner service's.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let mut service = IdempotencyLayer::new().layer(service_fn(
+///     |_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("done"))))
+///     },
+/// ));
+///
+/// for _ in 0..2 {
+///     let request = Request::post("/v1/jobs").body(Full::new(Bytes::from("job")))?;
+///     let response = service.ready().await?.call(request).await?;
+///     assert_eq!(response.status(), StatusCode::OK);
+///     assert_eq!(response.into_body().collect().await?.to_bytes(), "done");
+/// }
+/// let stats = service.stats();
+/// assert_eq!((stats.misses, stats.hits.total()), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Idempotency<S> {
     inner: S,
     engine: Arc<Engine>,
@@ -97,7 +131,7 @@ where
         let (mut parts, body) = request.into_parts();
         match self.engine.classify(&parts.method, &mut parts.headers) {
             Classified::Skip(skip) => {
-                self.engine.count_upstream_call();
+                // Counted by the engine as the upstream call it becomes.
                 let request = Request::from_parts(parts, RequestBody::passthrough(body));
                 ResponseFuture::skipped(self.inner.call(request), self.engine.skip_status(skip))
             }

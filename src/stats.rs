@@ -1,4 +1,4 @@
-//! What the layer saved: counters and their snapshot.
+//! What the layer saved: the live counters and their snapshot, [`Stats`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -95,7 +95,41 @@ impl Counters {
 
 /// A snapshot of what one layer (and every service it made) has done.
 ///
-/// Counters only grow; take two snapshots and subtract for a window.
+/// Counters only grow; take two snapshots and subtract for a window. It
+/// serialises (`serde`) to JSON for a dashboard.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = IdempotencyLayer::new();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("1234"))))
+///     });
+/// for _ in 0..3 {
+///     let request = Request::post("/v1/embed").body(Full::new(Bytes::from("text")))?;
+///     let response = service.ready().await?.call(request).await?;
+///     response.into_body().collect().await?;
+/// }
+///
+/// let stats = layer.stats();
+/// assert_eq!(stats.requests, 3);
+/// assert_eq!(stats.upstream_calls, 1);
+/// assert_eq!(stats.calls_saved, 2);
+/// assert_eq!(stats.bytes_saved, 8);
+/// assert!((stats.hit_rate - 2.0 / 3.0).abs() < 1e-9);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -139,6 +173,16 @@ pub struct Stats {
 }
 
 /// How the shared store (Redis) fared, as seen from this process.
+///
+/// # Examples
+///
+/// ```
+/// use tower_idempotency::IdempotencyLayer;
+///
+/// // Without a shared store there is nothing to fail.
+/// let health = IdempotencyLayer::new().stats().store;
+/// assert_eq!((health.errors, health.skipped, health.unreadable), (0, 0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StoreHealth {
@@ -151,6 +195,15 @@ pub struct StoreHealth {
 }
 
 /// Hits by tier.
+///
+/// # Examples
+///
+/// ```
+/// use tower_idempotency::{IdempotencyLayer, Stats};
+///
+/// let stats: Stats = IdempotencyLayer::new().stats();
+/// assert_eq!(stats.hits.total(), stats.hits.l1 + stats.hits.l2);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Hits {
@@ -168,6 +221,34 @@ impl Hits {
 }
 
 /// Requests let through untouched, by reason.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = IdempotencyLayer::new();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+///     });
+/// let request = Request::post("/v1/chat")
+///     .header("cache-control", "no-store")
+///     .body(Full::new(Bytes::from("private question")))?;
+/// service.ready().await?.call(request).await?;
+///
+/// let bypassed = layer.stats().bypassed;
+/// assert_eq!((bypassed.no_store, bypassed.total()), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Bypassed {
@@ -192,6 +273,42 @@ impl Bypassed {
 }
 
 /// Requests the layer answered with an error of its own.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_idempotency::{IdempotencyLayer, KeyHeader, RequestBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = IdempotencyLayer::builder()
+///     .idempotency_key_header(KeyHeader::Optional)
+///     .build();
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+///     });
+/// for payload in ["first", "second"] {
+///     let request = Request::post("/v1/transfers")
+///         .header("idempotency-key", "k-1")
+///         .body(Full::new(Bytes::from(payload)))?;
+///     let response = service.ready().await?.call(request).await?;
+///     if payload == "second" {
+///         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+///     }
+///     response.into_body().collect().await?;
+/// }
+///
+/// let rejected = layer.stats().rejected;
+/// assert_eq!((rejected.key_reused, rejected.total), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Rejected {
@@ -204,6 +321,16 @@ pub struct Rejected {
 }
 
 /// An amount of money, kept in micro-dollars so that sums are exact.
+///
+/// # Examples
+///
+/// ```
+/// use tower_idempotency::Money;
+///
+/// let saved = Money::from_micro_dollars(2_500_000);
+/// assert_eq!(saved.micro_dollars(), 2_500_000);
+/// assert_eq!(saved.dollars(), 2.5);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Money {
     micro_dollars: u64,

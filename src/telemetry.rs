@@ -1,5 +1,7 @@
 //! Metrics through the `metrics` facade (with the `metrics` feature), so any
-//! recorder (Prometheus, StatsD, …) sees what the layer does.
+//! recorder (Prometheus, StatsD, …) sees what the layer does. The engine
+//! reports through its `observe` step; without the feature every function
+//! here does nothing.
 //!
 //! | name | kind | labels |
 //! |---|---|---|
@@ -12,39 +14,13 @@
 
 use std::time::Duration;
 
-/// How a request was answered, as the `cache` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    HitL1,
-    HitL2,
-    Miss,
-    Coalesced,
-    Refresh,
-    Bypass,
-    Rejected,
-}
-
-impl Outcome {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::HitL1 => "hit_l1",
-            Self::HitL2 => "hit_l2",
-            Self::Miss => "miss",
-            Self::Coalesced => "coalesced",
-            Self::Refresh => "refresh",
-            Self::Bypass => "bypass",
-            Self::Rejected => "rejected",
-        }
-    }
-}
-
 #[cfg(feature = "metrics")]
 mod emit {
     use super::*;
 
-    pub(crate) fn outcome(outcome: Outcome) {
-        metrics::counter!("tower_idempotency_requests_total", "cache" => outcome.label())
-            .increment(1);
+    /// One request answered, `cache` saying how (see the table above).
+    pub(crate) fn outcome(cache: &'static str) {
+        metrics::counter!("tower_idempotency_requests_total", "cache" => cache).increment(1);
     }
 
     #[cfg(feature = "redis")]
@@ -72,7 +48,7 @@ mod emit {
 mod emit {
     use super::*;
 
-    pub(crate) fn outcome(_: Outcome) {}
+    pub(crate) fn outcome(_: &'static str) {}
     #[cfg(feature = "redis")]
     pub(crate) fn store_error() {}
     pub(crate) fn upstream(_: Duration) {}

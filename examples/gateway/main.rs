@@ -48,12 +48,12 @@ use axum::{
 use http::Request;
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
-use tower_idempotency::{BoxError, Builder, IdempotencyLayer, RedisStore};
+use tower_idempotency::{strip_hop_by_hop, BoxError, Builder, IdempotencyLayer, RedisStore};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     args::Args,
-    proxy::{strip_control_headers, strip_hop_by_hop, Proxy},
+    proxy::{strip_control_headers, Proxy},
     server::Limits,
 };
 

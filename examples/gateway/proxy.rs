@@ -24,7 +24,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tower::Service;
-use tower_idempotency::{BoxError, RequestBody};
+use tower_idempotency::{strip_hop_by_hop, BoxError, RequestBody};
 
 use crate::{chain, timeout::IdleTimeout, timeout::Stalled};
 
@@ -205,34 +205,6 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// Removes the headers that describe one connection, not the message
-/// (RFC 9110, section 7.6.1): those named in `Connection` and the usual ones.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
 }
 
 /// Removes the `x-idempotency-*` control headers, which only a gateway run

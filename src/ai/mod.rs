@@ -6,7 +6,7 @@
 //!   for a streamed body chunk by chunk in bounded memory.
 //! * [`request_model`] and [`response_model`] read the model name.
 //! * [`PriceTable`] turns usage into a [`Cost`] with prices the user supplies.
-//! * [`sampling`] tells whether a request asks for deterministic output.
+//! * [`sampling()`] tells whether a request asks for deterministic output.
 //!
 //! Every function takes untrusted bytes and never panics; what it cannot
 //! recognise gives `None` (or [`Sampling::Unknown`]).
@@ -115,6 +115,17 @@ pub fn request_model(body: &[u8]) -> Option<String> {
 /// string of an event: at the top level (OpenAI chat chunks), in `message`
 /// (Anthropic `message_start`) or in `response` (Responses API
 /// `response.created`). Empty strings count as absent.
+///
+/// ```
+/// use tower_idempotency::ai::response_model;
+///
+/// let json = br#"{"id":"chatcmpl-1","model":"gpt-4o-2024-08-06","choices":[]}"#;
+/// assert_eq!(response_model(Some("application/json"), json).as_deref(), Some("gpt-4o-2024-08-06"));
+///
+/// let events = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\"}}\n\n";
+/// assert_eq!(response_model(Some("text/event-stream"), events).as_deref(), Some("claude-x"));
+/// assert_eq!(response_model(None, br#"{"model":""}"#), None);
+/// ```
 pub fn response_model(content_type: Option<&str>, body: &[u8]) -> Option<String> {
     match body_kind(content_type, body) {
         BodyKind::Json => {

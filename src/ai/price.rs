@@ -20,6 +20,19 @@ const MICROS_PER_DOLLAR: f64 = 1_000_000.0;
 ///
 /// Token prices are dollars per million tokens (`2.5` for "$2.50 / 1M
 /// tokens"), `per_call` is dollars per call.
+///
+/// ```
+/// use tower_idempotency::ai::{Cost, ModelPrice, PriceTable, Usage};
+///
+/// let price = ModelPrice::new(3.0, 15.0)
+///     .with_cached_input(0.30)
+///     .with_per_call(0.01);
+/// let prices = PriceTable::new().with_model_price("claude-sonnet-4", price);
+///
+/// let usage = Usage { input_tokens: 1_000, output_tokens: 100, cached_input_tokens: 400, ..Usage::default() };
+/// // 600 × $3 + 400 × $0.30 + 100 × $15 per million tokens, and $0.01 per call
+/// assert_eq!(prices.cost(Some("claude-sonnet-4"), Some(&usage)), Cost::from_micro_dollars(13_420));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelPrice {
     /// Dollars per million uncached input tokens.
@@ -237,6 +250,15 @@ impl PriceTable {
 /// Adding costs (`+`, `+=`, [`Sum`]) is exact and saturates at `u64::MAX`
 /// micro-dollars (about 18 trillion dollars). It displays as dollars with six
 /// decimals: `$1.234567`.
+///
+/// ```
+/// use tower_idempotency::ai::Cost;
+///
+/// let total: Cost = [Cost::from_dollars(0.0025), Cost::from_micro_dollars(2_000)].into_iter().sum();
+/// assert_eq!(total.micro_dollars(), 4_500);
+/// assert_eq!(total.to_string(), "$0.004500");
+/// assert_eq!(Cost::from_dollars(-1.0), Cost::ZERO);
+/// ```
 #[derive(
     Debug,
     Clone,

@@ -15,6 +15,14 @@ use crate::ai::json::pick_scalar_fields;
 /// This is the client's wish, not a promise: OpenAI calls `seed` best effort,
 /// and temperature 0 is not fully deterministic on OpenAI or Anthropic. It
 /// tells whether serving a cached answer can surprise the client.
+///
+/// ```
+/// use tower_idempotency::ai::{sampling, Sampling};
+///
+/// assert!(sampling(br#"{"temperature":0}"#).is_deterministic());
+/// assert!(!sampling(br#"{"temperature":1}"#).is_deterministic());
+/// assert_eq!(sampling(br#"{"temperature":"hot"}"#), Sampling::Unknown);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Sampling {
     /// `temperature` is 0, or a `seed` is given.

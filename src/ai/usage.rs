@@ -33,6 +33,18 @@ use serde_json::Value;
 ///
 /// Adding usages (`+`, `+=`, [`Sum`]) adds field by field, saturating at
 /// `u64::MAX`.
+///
+/// ```
+/// use tower_idempotency::ai::Usage;
+///
+/// // An Anthropic call that read 90 of its 100 input tokens from the cache.
+/// let call = Usage { input_tokens: 100, output_tokens: 5, cached_input_tokens: 90, cache_creation_input_tokens: 0 };
+/// assert_eq!(call.total(), 105);
+/// assert_eq!(call.uncached_input_tokens(), 10);
+///
+/// let day: Usage = [call, call, call].into_iter().sum();
+/// assert_eq!((day.input_tokens, day.output_tokens), (300, 15));
+/// ```
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]

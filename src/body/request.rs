@@ -20,6 +20,34 @@ pin_project! {
     /// Either the buffered bytes of a request the layer fingerprinted, or the
     /// original body with whatever the layer already read chained back in
     /// front of it.
+    ///
+    /// # Examples
+    ///
+    /// The inner service reads it like any body:
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_idempotency::{BoxError, IdempotencyLayer, RequestBody};
+    ///
+    /// async fn shout(request: Request<RequestBody<Full<Bytes>>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    ///     let text = request.into_body().collect().await?.to_bytes();
+    ///     Ok(Response::new(Full::new(Bytes::from(text.to_ascii_uppercase()))))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let mut service = ServiceBuilder::new()
+    ///     .layer(IdempotencyLayer::new())
+    ///     .service_fn(shout);
+    /// let request = Request::post("/shout").body(Full::new(Bytes::from("hello")))?;
+    /// let response = service.ready().await?.call(request).await?;
+    /// assert_eq!(response.into_body().collect().await?.to_bytes(), "HELLO");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct RequestBody<B> {
         #[pin]
         kind: Kind<B>,

@@ -18,6 +18,36 @@ pin_project! {
     /// The inner service's own body (on a bypass), a stored body (on a hit),
     /// or a live view of an upstream response being recorded (the leader and
     /// its coalesced followers).
+    ///
+    /// Its data is [`Bytes`] and its error a [`BoxError`]: an upstream body
+    /// that fails mid-stream fails for every reader of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_idempotency::{IdempotencyLayer, RequestBody, ResponseBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let mut service = ServiceBuilder::new()
+    ///     .layer(IdempotencyLayer::new())
+    ///     .service_fn(|_: Request<RequestBody<Full<Bytes>>>| async {
+    ///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("a large answer"))))
+    ///     });
+    /// for _ in 0..2 {
+    ///     let request = Request::get("/report").body(Full::new(Bytes::new()))?;
+    ///     let response: Response<ResponseBody<Full<Bytes>>> =
+    ///         service.ready().await?.call(request).await?;
+    ///     // Live on the first call, replayed on the second: the same bytes.
+    ///     assert_eq!(response.into_body().collect().await?.to_bytes(), "a large answer");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,

@@ -1,123 +1,31 @@
-//! The leader's call: stream the upstream response to every reader while
-//! recording it, then store it in L1 and L2 and wake the waiters.
+//! The tee: the leader's upstream response streams to every reader while
+//! it is recorded, then is stored in L1 and L2 and the waiters are woken.
 
-use std::{future::Future, panic, pin::pin, sync::Arc};
+use std::{future::Future, pin::pin, sync::Arc};
 
-use bytes::{Buf, Bytes};
-use http::{response, HeaderMap, Response};
+use bytes::Buf;
+use http::{response, HeaderMap};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::{
-    sync::oneshot,
-    task::JoinHandle,
-    time::{error::Elapsed, timeout},
-};
+use tokio::{sync::oneshot, time::timeout};
 
-use super::{Answer, Engine, Job, Lead};
+use super::{
+    ai::UsageReader,
+    key::Job,
+    upstream::{Bounded, Lead, NoHead, Started},
+    Engine,
+};
 use crate::{
-    cache_status::CacheStatus,
-    error::{BoxError, Error, ErrorKind},
-    flight::{Head, Reader},
+    error::BoxError,
+    flight::Head,
     policy,
-    record::{now_millis, Meta, Record, Vary},
-    stats::Counters,
-    store::FleetCounter,
-    telemetry,
+    record::{now_millis, Record, Vary},
 };
-
-/// What the recording task tells the leader's caller once the head is in.
-struct Started {
-    head: Arc<Head>,
-    reader: Reader,
-}
-
-/// Why the leader's call gave no head.
-enum NoHead<E> {
-    /// The inner service failed: its caller gets the error.
-    Upstream(E),
-    /// Past the upstream timeout: its caller is answered 504.
-    TimedOut,
-}
-
-/// The leader's call, as bounded by the upstream timeout.
-type Bounded<RB, E> = Result<Result<Response<RB>, E>, Elapsed>;
 
 impl Engine {
-    /// Leads with a call that runs in a task of its own from the start: it
-    /// completes, and is stored, even if the leader's caller goes away.
-    pub(crate) async fn lead_detached<F, RB, E>(
-        self: Arc<Self>,
-        lead: Lead,
-        call: F,
-    ) -> Answer<RB, E>
-    where
-        F: Future<Output = Result<Response<RB>, E>> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Error: Into<BoxError>,
-        E: Send + 'static,
-    {
-        let refresh = lead.job.refresh;
-        let (started_tx, started_rx) = oneshot::channel();
-        let call = timeout(self.config.upstream_timeout, call);
-        let task = tokio::spawn(Arc::clone(&self).record(lead, call, started_tx));
-        self.started(started_rx, task, refresh).await
-    }
-
-    /// Leads with a call that borrows from its caller (a client middleware
-    /// chain): its head is awaited here, then the body is recorded in a task
-    /// of its own. If the caller goes away before the head, the call is
-    /// cancelled and a follower takes over.
-    #[cfg(feature = "reqwest")]
-    pub(crate) async fn lead_attached<F, RB, E>(
-        self: Arc<Self>,
-        lead: Lead,
-        call: F,
-    ) -> Answer<RB, E>
-    where
-        F: Future<Output = Result<Response<RB>, E>> + Send,
-        RB: Body + Send + 'static,
-        RB::Error: Into<BoxError>,
-        E: Send + 'static,
-    {
-        let refresh = lead.job.refresh;
-        let result = timeout(self.config.upstream_timeout, call).await;
-        let (started_tx, started_rx) = oneshot::channel();
-        let task =
-            tokio::spawn(Arc::clone(&self).record(lead, std::future::ready(result), started_tx));
-        self.started(started_rx, task, refresh).await
-    }
-
-    async fn started<RB, E>(
-        &self,
-        started: oneshot::Receiver<Result<Started, NoHead<E>>>,
-        task: JoinHandle<()>,
-        refresh: bool,
-    ) -> Answer<RB, E> {
-        match started.await {
-            Ok(Ok(Started { head, reader })) => {
-                let status = match (refresh, head.promised) {
-                    (false, stored) => CacheStatus::Miss { stored },
-                    (true, stored) => CacheStatus::Refresh { stored },
-                };
-                Ok(self.live(&head, &head.headers, reader, status))
-            }
-            Ok(Err(NoHead::Upstream(error))) => Err(error),
-            Ok(Err(NoHead::TimedOut)) => Ok(self.reject(Error::new(
-                ErrorKind::UpstreamTimeout,
-                "no response head within the upstream timeout",
-            ))),
-            // The task ended without a word: it panicked. Panic here too, as
-            // the inner service would have without the layer.
-            Err(_) => match task.await {
-                Err(error) if error.is_panic() => panic::resume_unwind(error.into_panic()),
-                _ => Ok(self.internal_error()),
-            },
-        }
-    }
-
     /// The recording task: awaits the upstream call, publishes its head and
     /// chunks into the flight, and stores the record when complete.
-    async fn record<F, RB, E>(
+    pub(super) async fn record<F, RB, E>(
         self: Arc<Self>,
         lead: Lead,
         call: F,
@@ -136,11 +44,11 @@ impl Engine {
             started: called_at,
         } = lead;
         let response = call.await;
-        telemetry::upstream(called_at.elapsed());
+        self.upstream_latency(called_at.elapsed());
         let response = match response {
             Ok(Ok(response)) => response,
             failed => {
-                Counters::inc(&self.counters.upstream_errors);
+                self.count_upstream_error();
                 // Each follower goes through itself now, as it would have
                 // without the layer: failover is never serialised.
                 leader.give_up();
@@ -257,7 +165,7 @@ impl Engine {
         let stored = match recorded {
             Some(_) if head.storable => {
                 self.l1.insert(job.key, Arc::clone(&record)).await;
-                self.tally(&self.counters.stored, FleetCounter::Stored);
+                self.count_stored();
                 Some(record.clone())
             }
             _ => None,
@@ -316,90 +224,6 @@ impl Engine {
             shareable: !forbidden,
             vary_digest: vary.digest(request),
             vary,
-        }
-    }
-}
-
-/// Reads token usage as the body streams (server-sent events), or from the
-/// recorded body at the end (JSON).
-struct UsageReader {
-    #[cfg(feature = "ai")]
-    content_type: Option<String>,
-    #[cfg(feature = "ai")]
-    scanner: Option<crate::ai::UsageScanner>,
-}
-
-impl UsageReader {
-    #[cfg(feature = "ai")]
-    fn new(headers: &HeaderMap) -> Self {
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let streamed = content_type.as_deref().is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("text/event-stream")
-        });
-        Self {
-            scanner: streamed.then(crate::ai::UsageScanner::new),
-            content_type,
-        }
-    }
-
-    #[cfg(not(feature = "ai"))]
-    fn new(_headers: &HeaderMap) -> Self {
-        Self {}
-    }
-
-    fn feed(&mut self, _chunk: &[u8]) {
-        #[cfg(feature = "ai")]
-        if let Some(scanner) = &mut self.scanner {
-            scanner.feed(_chunk);
-        }
-    }
-
-    /// The entry's metadata. `model` is what the request asked for; the
-    /// response's own model name fills in when the request named none.
-    #[cfg(feature = "ai")]
-    fn finish(
-        self,
-        model: Option<String>,
-        body: Option<&Bytes>,
-        fingerprint: Option<crate::Key>,
-    ) -> Meta {
-        let (usage, response_model) = match (self.scanner, body) {
-            (Some(scanner), _) => scanner.finish_with_model(),
-            (None, Some(body)) => (
-                crate::ai::parse_usage(self.content_type.as_deref(), body),
-                model
-                    .is_none()
-                    .then(|| crate::ai::response_model(self.content_type.as_deref(), body))
-                    .flatten(),
-            ),
-            (None, None) => (None, None),
-        };
-        Meta {
-            fingerprint,
-            model: model.or(response_model),
-            vary: None,
-            usage,
-        }
-    }
-
-    #[cfg(not(feature = "ai"))]
-    fn finish(
-        self,
-        model: Option<String>,
-        _body: Option<&Bytes>,
-        fingerprint: Option<crate::Key>,
-    ) -> Meta {
-        Meta {
-            fingerprint,
-            model,
-            vary: None,
         }
     }
 }

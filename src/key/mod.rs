@@ -41,6 +41,39 @@ const BODY_JSON: u8 = 1;
 const BODY_NORMALIZED: u8 = 2;
 
 /// The fingerprint of a request: 32 bytes of SHA-256.
+///
+/// [`IdempotencyLayer::key_for`](crate::layer::IdempotencyLayer::key_for)
+/// computes the key of a request; a response the layer answered carries its
+/// key in its extensions. Keys print as 64 hexadecimal digits (their `Debug`
+/// form shows only the first 16) and parse back.
+///
+/// # Examples
+///
+/// ```
+/// use http::Request;
+/// use tower_idempotency::{IdempotencyLayer, Key};
+///
+/// let layer = IdempotencyLayer::new();
+/// let key_of = |body: &str| {
+///     let (head, ()) = Request::post("https://api.example.com/v1/chat/completions")
+///         .header("content-type", "application/json")
+///         .body(())
+///         .unwrap()
+///         .into_parts();
+///     layer.key_for(&head, body.as_bytes()).unwrap()
+/// };
+///
+/// // Canonical JSON: member order and white space do not matter…
+/// let key = key_of(r#"{"model":"gpt-4o","temperature":0}"#);
+/// assert_eq!(key, key_of(r#"{ "temperature": 0, "model": "gpt-4o" }"#));
+/// // …values do.
+/// assert_ne!(key, key_of(r#"{"model":"gpt-4o","temperature":1}"#));
+///
+/// let hex = key.to_hex();
+/// assert_eq!(hex.len(), 64);
+/// assert_eq!(Key::from_hex(&hex), Some(key));
+/// assert_eq!(Key::from_bytes(*key.as_bytes()), key);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key([u8; 32]);
 
@@ -108,7 +141,35 @@ impl fmt::Debug for Key {
 /// same thing share an entry.
 ///
 /// Implemented for closures `Fn(&Parts, &[u8]) -> Vec<u8>`; [`TextNormalizer`]
-/// is a ready one.
+/// is a ready one. Set it with
+/// [`Builder::normalize_body`](crate::builder::Builder::normalize_body); it
+/// replaces JSON canonicalisation.
+///
+/// # Examples
+///
+/// ```
+/// use http::{request::Parts, Request};
+/// use tower_idempotency::IdempotencyLayer;
+///
+/// // Order lines may come in any order: sort them before hashing.
+/// let layer = IdempotencyLayer::builder()
+///     .normalize_body(|_: &Parts, body: &[u8]| {
+///         let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+///         lines.sort_unstable();
+///         lines.join(&b'\n')
+///     })
+///     .build();
+///
+/// let (head, ()) = Request::post("/v1/orders").body(()).unwrap().into_parts();
+/// assert_eq!(
+///     layer.key_for(&head, b"apples\npears"),
+///     layer.key_for(&head, b"pears\napples"),
+/// );
+/// assert_ne!(
+///     layer.key_for(&head, b"apples\npears"),
+///     layer.key_for(&head, b"apples\nplums"),
+/// );
+/// ```
 pub trait NormalizeBody: Send + Sync + 'static {
     /// Returns the bytes to hash in place of `body`.
     fn normalize(&self, parts: &Parts, body: &[u8]) -> Vec<u8>;
@@ -127,6 +188,24 @@ where
 /// `"Hello  World\n"` and `"hello world"` share an entry.
 ///
 /// Bodies that are not UTF-8 are hashed unchanged.
+///
+/// # Examples
+///
+/// ```
+/// use http::Request;
+/// use tower_idempotency::{IdempotencyLayer, NormalizeBody, TextNormalizer};
+///
+/// let (head, ()) = Request::post("/v1/describe").body(()).unwrap().into_parts();
+/// assert_eq!(TextNormalizer.normalize(&head, b"  Hello \t World\n"), b"hello world");
+///
+/// let layer = IdempotencyLayer::builder()
+///     .normalize_body(TextNormalizer)
+///     .build();
+/// assert_eq!(
+///     layer.key_for(&head, b"Describe  this photo"),
+///     layer.key_for(&head, b"describe this photo\n"),
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TextNormalizer;
 
@@ -153,7 +232,37 @@ impl NormalizeBody for TextNormalizer {
 ///
 /// Return `None` to let the request bypass the layer. The returned bytes are
 /// hashed together with the namespace, so keys stay 256 bits and namespaced.
-/// Implemented for closures `Fn(&Parts, &[u8]) -> Option<Vec<u8>>`.
+/// Implemented for closures `Fn(&Parts, &[u8]) -> Option<Vec<u8>>`. Set it
+/// with [`Builder::key_fn`](crate::builder::Builder::key_fn).
+///
+/// # Examples
+///
+/// ```
+/// use http::{request::Parts, Request};
+/// use tower_idempotency::IdempotencyLayer;
+///
+/// // One entry per document id, whatever else the request holds; requests
+/// // without one go through uncached.
+/// let layer = IdempotencyLayer::builder()
+///     .key_fn(|head: &Parts, _body: &[u8]| {
+///         let id = head.headers.get("x-document-id")?;
+///         Some(id.as_bytes().to_vec())
+///     })
+///     .build();
+///
+/// let head = |id: Option<&str>| {
+///     let mut request = Request::post("/v1/summarise");
+///     if let Some(id) = id {
+///         request = request.header("x-document-id", id);
+///     }
+///     request.body(()).unwrap().into_parts().0
+/// };
+/// let key = layer.key_for(&head(Some("doc-7")), b"first draft");
+/// assert!(key.is_some());
+/// assert_eq!(key, layer.key_for(&head(Some("doc-7")), b"second draft"));
+/// assert_ne!(key, layer.key_for(&head(Some("doc-8")), b"first draft"));
+/// assert_eq!(layer.key_for(&head(None), b"first draft"), None);
+/// ```
 pub trait MakeKey: Send + Sync + 'static {
     /// The key material for this request, or `None` to bypass.
     fn make_key(&self, parts: &Parts, body: &[u8]) -> Option<Vec<u8>>;

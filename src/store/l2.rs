@@ -7,12 +7,14 @@ use std::{sync::Arc, time::Duration};
 use crate::{key::Key, record::Record};
 
 #[cfg(feature = "redis")]
-use super::redis::{L1Subscription, RedisStore};
+use super::invalidation::L1Subscription;
+use super::memory::MemoryStore;
+#[cfg(feature = "redis")]
+use super::redis::RedisStore;
 #[cfg(feature = "redis")]
 pub(crate) use super::redis::{Lease, Renewal, Watch};
 #[cfg(feature = "sqlite")]
 use super::sqlite::SqliteStore;
-use super::MemoryStore;
 
 #[cfg(not(feature = "redis"))]
 pub(crate) use disabled::{Lease, Renewal, Watch};
@@ -60,19 +62,27 @@ pub(crate) enum Backend {
 #[derive(Clone, Default)]
 pub(crate) struct L2 {
     backend: Backend,
-    /// Keeps the engine's L1 subscribed to purges and refreshes made
-    /// anywhere, for as long as the engine lives.
+    /// Applies the store's invalidations (purges and refreshes made
+    /// anywhere, and "drop everything" after missed messages) to the
+    /// engine's L1, for as long as the engine lives: the last clone dropped
+    /// stops it.
     #[cfg(feature = "redis")]
     _subscription: Option<Arc<L1Subscription>>,
 }
 
 impl L2 {
+    /// The L2 view of an engine whose L1 is `l1`: with a store that
+    /// publishes invalidations, `l1` follows them from now on.
     pub(crate) fn new(backend: Backend, l1: &MemoryStore) -> Self {
         let _ = l1;
         Self {
             #[cfg(feature = "redis")]
             _subscription: match &backend {
-                Backend::Redis(redis) => Some(redis.attach(l1.clone())),
+                Backend::Redis(redis) => Some(Arc::new(L1Subscription::spawn(
+                    l1.clone(),
+                    redis.invalidations(),
+                    redis.runtime(),
+                ))),
                 _ => None,
             },
             backend,

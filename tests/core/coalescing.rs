@@ -42,7 +42,14 @@ async fn hundred_concurrent_duplicates_make_one_call() {
         })
         .collect();
     // Let every request reach the layer before the upstream answers.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("every request reached the layer", || {
+        layer.stats().requests == 100
+    })
+    .await;
+    // From there to its flight a request does a few microseconds of work
+    // that nothing outside the crate can see (no clock to pause on this
+    // multi-threaded runtime): a margin, not an ordering.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     release.notify_one();
 
     let mut answers = Vec::new();
@@ -160,22 +167,16 @@ async fn leader_dropped_mid_flight_still_completes_and_stores() {
     drop(feed);
 
     // The call was paid for: it completes and the next request is a hit.
-    let answer = timeout(PATIENCE, async {
-        loop {
-            if layer.in_flight() == 0 {
-                break fetch(&service, post("/paid", "x")).await;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    until("the flight is over", || layer.in_flight() == 0).await;
+    let answer = timeout(PATIENCE, fetch(&service, post("/paid", "x")))
+        .await
+        .unwrap();
     assert_eq!(&answer.body[..], b"half and the rest");
     assert!(answer.cache_status().starts_with("tower-idempotency; hit"));
     assert_eq!(calls.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn leader_future_dropped_before_the_call_hands_over() {
     let (inner, calls, gate) = gated(|seen: &Seen| respond(200, format!("call {}", seen.call)));
     let service = IdempotencyLayer::new().layer(inner);
@@ -183,12 +184,13 @@ async fn leader_future_dropped_before_the_call_hands_over() {
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
     let follower = tokio::spawn({
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The follower joins the flight.
+    settle().await;
     // The leader's caller goes away before any response head: the upstream
     // call was already made and goes on; its answer reaches the follower.
     leader.abort();
@@ -198,7 +200,7 @@ async fn leader_future_dropped_before_the_call_hands_over() {
     assert_eq!(calls.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn leader_error_sends_each_follower_through_itself() {
     let gate = Arc::new(Notify::new());
     let calls = Calls::default();
@@ -223,9 +225,10 @@ async fn leader_error_sends_each_follower_through_itself() {
         tokio::spawn(async move { service.oneshot(post("/", "q")).await })
     };
     let leader = spawn();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
     let followers: Vec<_> = (0..10).map(|_| spawn()).collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The followers join the flight.
+    settle().await;
     gate.notify_one();
 
     let err = timeout(PATIENCE, leader)
@@ -250,7 +253,7 @@ async fn leader_error_sends_each_follower_through_itself() {
     assert_eq!(calls.get(), 11);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn leader_panic_hands_the_call_to_a_follower() {
     let gate = Arc::new(Notify::new());
     let (inner, calls) = upstream({
@@ -271,12 +274,13 @@ async fn leader_panic_hands_the_call_to_a_follower() {
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
     let follower = tokio::spawn({
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The follower joins the flight.
+    settle().await;
     gate.notify_one();
 
     // The leader's caller sees the panic, as it would without the layer.
@@ -309,7 +313,7 @@ async fn upstream_body_failure_reaches_every_reader_and_is_not_stored() {
     assert_eq!(calls.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn uncacheable_answer_is_shared_by_concurrent_followers_but_never_replayed_later() {
     let (inner, calls, gate) =
         gated(|seen: &Seen| respond(503, format!("overloaded #{}", seen.call)));
@@ -320,7 +324,9 @@ async fn uncacheable_answer_is_shared_by_concurrent_followers_but_never_replayed
             tokio::spawn(async move { fetch(&service, post("/", "q")).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
+    // The others join its flight.
+    settle().await;
     gate.notify_one();
     for task in tasks {
         let answer = timeout(PATIENCE, task).await.unwrap().unwrap();

@@ -88,6 +88,7 @@ async fn ttl_sets_how_long_this_answer_lives() {
         .parse()
         .unwrap();
     assert!(ttl <= 1, "one second, not the default hour: ttl={ttl}");
+    // Expiry runs on the real clock (L1 and the record's own expiry time).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(&fetch(&service, with(&[])).await.body[..], b"answer #2");
     assert_eq!(calls.get(), 2);

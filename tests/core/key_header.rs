@@ -2,8 +2,6 @@
 //! Stripe's behaviour): 422 on reuse with another payload, 409 in strict mode
 //! while in flight, 400 when missing where required or malformed.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -96,7 +94,7 @@ async fn missing_and_malformed_keys_are_400() {
     assert_eq!(calls.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn in_flight_duplicates_wait_or_get_409_in_strict_mode() {
     for strict in [false, true] {
         let (inner, calls, gate) =
@@ -110,7 +108,7 @@ async fn in_flight_duplicates_wait_or_get_409_in_strict_mode() {
             let service = service.clone();
             async move { fetch(&service, keyed(Some("k1"), "{}")).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the first call reached upstream", || calls.get() == 1).await;
         // Another payload under the same key, while in flight: 422 at once.
         assert_eq!(
             rejection(&service, keyed(Some("k1"), "[]")).await,
@@ -127,7 +125,8 @@ async fn in_flight_duplicates_wait_or_get_409_in_strict_mode() {
                 let service = service.clone();
                 async move { fetch(&service, keyed(Some("k1"), "{}")).await }
             });
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The second joins the first's flight.
+            settle().await;
             gate.notify_one();
             assert_eq!(&second.await.unwrap().body[..], b"charged once, call 1");
         }

@@ -220,7 +220,14 @@ async fn concurrent_keyed_requests_with_no_store_are_coalesced() {
         })
         .collect();
     assert!(eventually(Duration::from_secs(5), || calls.get() == 1).await);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("every request reached the layer", || {
+        layer.stats().requests == 8
+    })
+    .await;
+    // From there to the flight is a few microseconds of work nothing
+    // outside the crate can see (no clock to pause on this multi-threaded
+    // runtime): a margin, not an ordering.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     gate.notify_one();
     for task in tasks {
         let answer = task.await.unwrap();

@@ -51,6 +51,7 @@ async fn age_counts_seconds_since_the_response_was_stored() {
     let (inner, _) = numbered();
     let service = IdempotencyLayer::new().layer(inner);
     fetch(&service, post("/", "q")).await;
+    // Ages are whole seconds of the real clock (stored in the record).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let replay = fetch(&service, post("/", "q")).await;
     assert_eq!(replay.header("age"), Some("1"));
@@ -66,6 +67,7 @@ async fn entries_expire_after_their_ttl() {
     fetch(&service, post("/", "q")).await;
     fetch(&service, post("/", "q")).await;
     assert_eq!(calls.get(), 1);
+    // L1 expiry runs on the real clock, which a paused Tokio clock does not move.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         &fetch(&service, post("/", "q")).await.body[..],
@@ -120,7 +122,8 @@ async fn purge_forgets_one_entry() {
         .get::<Key>()
         .expect("the key is in the extensions");
     drop(response);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The dropped response's call completes and is stored.
+    until("the flight is over", || layer.in_flight() == 0).await;
     fetch(&service, post("/", "q")).await;
     assert_eq!(calls.get(), 1);
     layer.purge(&key).await;

@@ -48,13 +48,10 @@ async fn key_of(layer: &IdempotencyLayer, request: Request<Full<Bytes>>) -> Stri
 
 /// Waits until the entry in Redis holds a record whose body is `body`.
 async fn stored(server: &RedisServer, entry: &str, body: &str) -> bool {
-    for _ in 0..300 {
-        if server.cli(&["HGET", entry, "r"]).contains(body) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+    eventually(Duration::from_secs(3), || {
+        server.cli(&["HGET", entry, "r"]).contains(body)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

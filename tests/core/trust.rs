@@ -26,6 +26,7 @@ async fn private_answers_are_never_shared_with_concurrent_duplicates() {
             routing::post(move |headers: HeaderMap| {
                 counter.inc();
                 async move {
+                    // Slow, so that the four requests overlap.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let user = headers["x-user"].to_str().unwrap().to_owned();
                     Response::builder()
@@ -62,7 +63,7 @@ async fn private_answers_are_never_shared_with_concurrent_duplicates() {
     assert_eq!(calls.get(), 4);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn no_store_answers_are_never_shared_with_a_follower() {
     let (inner, calls, gate) = gated(|seen| {
         Response::builder()
@@ -80,7 +81,8 @@ async fn no_store_answers_are_never_shared_with_a_follower() {
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The follower joins the leader's flight.
+    settle().await;
     gate.notify_one();
     let leader = timeout(PATIENCE, leader).await.unwrap().unwrap();
     let follower = timeout(PATIENCE, follower).await.unwrap().unwrap();
@@ -137,7 +139,7 @@ async fn a_response_varying_on_a_header_outside_the_key_is_replayed_only_to_its_
     assert_eq!(calls.get(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_follower_with_another_value_of_a_vary_header_goes_through_itself() {
     let (inner, calls, gate) = gated(|seen| {
         let origin = seen.head.headers["origin"].to_str().unwrap().to_owned();
@@ -162,7 +164,8 @@ async fn a_follower_with_another_value_of_a_vary_header_goes_through_itself() {
         async move { fetch(&service, from("https://b.example")).await }
     });
     assert!(eventually(PATIENCE, || layer.stats().requests == 3).await);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The follower joins the leader's flight.
+    settle().await;
     gate.notify_one();
     let leader = timeout(PATIENCE, leader).await.unwrap().unwrap();
     let same = timeout(PATIENCE, same).await.unwrap().unwrap();
@@ -174,7 +177,7 @@ async fn a_follower_with_another_value_of_a_vary_header_goes_through_itself() {
     assert_eq!(calls.get(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn vary_star_is_never_stored_nor_shared() {
     let (inner, calls, gate) = gated(|seen| {
         Response::builder()
@@ -192,7 +195,8 @@ async fn vary_star_is_never_stored_nor_shared() {
         let service = service.clone();
         async move { fetch(&service, post("/", "q")).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The follower joins the leader's flight.
+    settle().await;
     gate.notify_one();
     let leader = timeout(PATIENCE, leader).await.unwrap().unwrap();
     let follower = timeout(PATIENCE, follower).await.unwrap().unwrap();

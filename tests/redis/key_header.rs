@@ -41,7 +41,7 @@ async fn reuse_conflict_and_replay_hold_across_instances() {
         let a = a.clone();
         async move { fetch(&a, keyed("r-1", r#"{"amount":5}"#)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("A called upstream", || calls.get() == 1).await;
     // Elsewhere, the same key while in flight: strict answers 409 at once…
     assert_eq!(
         rejection(&strict_b, keyed("r-1", r#"{"amount":5}"#)).await,
@@ -52,6 +52,8 @@ async fn reuse_conflict_and_replay_hold_across_instances() {
         let b = b.clone();
         async move { fetch(&b, keyed("r-1", r#"{"amount":5}"#)).await }
     });
+    // B's wait on Redis has no signal outside the crate: give it time to
+    // start (were it late, it would replay A's stored answer all the same).
     tokio::time::sleep(Duration::from_millis(100)).await;
     gate.notify_one();
     let first = first.await.unwrap();

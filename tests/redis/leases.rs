@@ -16,27 +16,14 @@ use redis_server::RedisServer;
 
 /// Waits until `lease` is gone from `server`, for at most `limit`.
 async fn lease_gone(server: &RedisServer, lease: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if server.cli(&["EXISTS", lease]) == "0" {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    eventually(limit, || server.cli(&["EXISTS", lease]) == "0").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_leaders_lease_is_released_at_once() {
     let server = RedisServer::start();
-    let (panicking, _) = upstream(|seen: Seen| async move {
-        // Long enough for the lease to be seen held.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if seen.call > 0 {
-            panic!("the upstream handler panicked");
-        }
-        respond(200, "never")
-    });
+    // It panics once the test has seen the lease held.
+    let (panicking, calls, gate) = gated(|_| panic!("the upstream handler panicked"));
     let a = instance(store(&server.url())).await;
     let request = post("/", "q");
     let lease = format!("{}:lease", entry_name("", &key_of(&a, &request).await));
@@ -46,8 +33,9 @@ async fn a_panicking_leaders_lease_is_released_at_once() {
         let request = request.clone();
         async move { fetch(&service, request).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
     assert_eq!(server.cli(&["EXISTS", &lease]), "1", "the leader holds it");
+    gate.notify_one();
     assert!(timeout(Duration::from_secs(5), leader)
         .await
         .unwrap()
@@ -92,6 +80,8 @@ async fn a_look_up_that_timed_out_leaves_no_lease_behind() {
 
     // The look-up reaches Redis, but only after we stopped waiting for it:
     // it claims the lease with a token nobody will use.
+    // Paused (SIGSTOP), the server takes the look-up but answers nothing
+    // until resumed, after the client gave up on it.
     server.pause();
     let answer = timeout(Duration::from_secs(5), fetch(&service, request))
         .await
@@ -126,7 +116,7 @@ async fn an_answer_that_is_not_stored_releases_the_waiters_elsewhere_at_once() {
     let started = Instant::now();
     let leader = tokio::spawn(async move { fetch(&a, post("/", "q")).await });
     // The leader holds the lease; the others wait for it on Redis.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("the leader called upstream", || calls.get() == 1).await;
     let mut waiters = Vec::new();
     for service in others {
         let finished = Arc::clone(&finished);
@@ -279,14 +269,8 @@ async fn leases_never_outlive_their_leaders_over_many_rounds() {
         }
     }
     let leases = || server.cli(&["--scan", "--pattern", "tidem:*:lease"]);
-    let mut left = leases();
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left = leases();
-    }
+    eventually(Duration::from_secs(1), || leases().is_empty()).await;
+    let left = leases();
     assert!(left.is_empty(), "leases left behind: {left}");
     eprintln!("slowest waiter: {:?}", slowest.lock().unwrap());
 }

@@ -27,6 +27,7 @@ fn our_keys(server: &RedisServer) -> Vec<(String, i64)> {
 async fn huge_ttls_never_leave_a_key_without_expiry_nor_a_waiter_waiting() {
     let server = RedisServer::start();
     let (inner, calls) = upstream(|seen: Seen| async move {
+        // Long enough for the waiter to find the call running.
         tokio::time::sleep(Duration::from_millis(100)).await;
         respond(200, format!("answer #{}", seen.call))
     });
@@ -54,12 +55,17 @@ async fn huge_ttls_never_leave_a_key_without_expiry_nor_a_waiter_waiting() {
         // Another instance asks for the same while the call runs: it must
         // be woken when the call completes, not when the 10 s lease ends.
         let started = Instant::now();
+        let before = calls.get();
         let leader = tokio::spawn({
             let forever = forever.clone();
             let request = request.clone();
             async move { fetch(&forever, request).await }
         });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The leader is refused at once or holds the lease for its call.
+        until("the leader is refused or calls upstream", || {
+            leader.is_finished() || calls.get() > before
+        })
+        .await;
         let waiter = timeout(Duration::from_secs(3), fetch(&waiting, request))
             .await
             .expect("the waiter was never told the call completed");

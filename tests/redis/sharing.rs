@@ -49,7 +49,13 @@ async fn two_instances_with_fifty_duplicates_each_make_one_call() {
         }
     }
     // Every request has reached its layer; one instance leads, the other waits on Redis.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("every request reached its layer", || {
+        a.stats().requests == 50 && b.stats().requests == 50
+    })
+    .await;
+    // The other instance's wait on Redis (a look-up that finds the lease)
+    // has no signal outside the crate: a margin for that round trip.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     gate.notify_one();
     let mut answers = Vec::new();
     for task in tasks {

@@ -33,6 +33,13 @@ async fn an_answer_survives_a_restart() {
         .service(upstream.clone());
     let answer = fetch(&first, post("/v1/chat", "same question")).await;
     assert_eq!(answer.body, "answer #1");
+    // The entry is written to the file just after its last byte is sent: a
+    // process stopped before that keeps nothing.
+    let written = support::eventually(Duration::from_secs(5), || {
+        query::<i64>(&path, "SELECT COUNT(*) FROM ai_result_cache") == 1
+    })
+    .await;
+    assert!(written);
     drop(first);
 
     // A new process: an empty L1, the same file.

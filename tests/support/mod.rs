@@ -264,6 +264,27 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
     check()
 }
 
+/// Waits until `check` holds, failing the test if it does not within ten
+/// seconds. `what` names the awaited state in the failure.
+pub async fn until(what: &str, check: impl FnMut() -> bool) {
+    assert!(
+        eventually(std::time::Duration::from_secs(10), check).await,
+        "timed out waiting until {what}"
+    );
+}
+
+/// Lets every other task on this runtime run until each waits on something:
+/// a follower has joined its flight, a read-ahead has filled its window.
+///
+/// Only for tests on the current-thread runtime with the clock paused
+/// (`#[tokio::test(start_paused = true)]`), where the runtime moves the clock
+/// only when no task can make progress, so this timer fires exactly then.
+/// Panics on a running clock, where it would be a guess.
+pub async fn settle() {
+    tokio::time::advance(std::time::Duration::ZERO).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+}
+
 /// An upstream whose first call waits until the test opens the returned gate
 /// (`notify_one`); later calls answer at once. `answer` builds each response
 /// from what the upstream saw.

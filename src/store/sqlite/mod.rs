@@ -1,4 +1,4 @@
-//! L2 on one machine: a SQLite file; see [`SqliteStore`](crate::SqliteStore).
+//! L2 on one machine: a SQLite file; see [`SqliteStore`].
 
 mod worker;
 
@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use self::worker::{Get, Hits, Outcome, Row, Write};
 use super::{
     breaker::{Breaker, Change},
-    Lookup,
+    l2::Lookup,
 };
 use crate::{
     key::Key,
@@ -92,7 +92,7 @@ use crate::{
 ///
 /// Processes on one machine that open the same file share its entries
 /// (SQLite's own locking). Only one L2 is used at a time: a layer has either
-/// [`Builder::sqlite`](crate::Builder::sqlite) or `Builder::redis`, the last
+/// [`Builder::sqlite`](crate::builder::Builder::sqlite) or `Builder::redis`, the last
 /// one set. Concurrent duplicates are coalesced within each process; across
 /// processes single flight is Redis's job.
 #[derive(Clone)]
@@ -152,6 +152,31 @@ fn bounded(duration: Duration) -> Duration {
 }
 
 /// Configures and opens a [`SqliteStore`].
+///
+/// Made by [`SqliteStore::builder`]. Every setting is clamped to a sane
+/// range, so none can make a deadline overflow.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_idempotency::{IdempotencyLayer, SqliteStore};
+///
+/// # fn main() -> Result<(), tower_idempotency::SqliteError> {
+/// # let dir = std::env::temp_dir().join(format!("tower-idempotency-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # let path = dir.join("answers.sqlite3");
+/// let store = SqliteStore::builder(&path)
+///     // Keep the file under 256 MiB: the least recently hit rows go first.
+///     .max_bytes(256 << 20)
+///     .sweep_interval(Duration::from_secs(60))
+///     .open()?;
+/// let layer = IdempotencyLayer::builder().sqlite(store).build();
+/// # drop(layer);
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub struct SqliteStoreBuilder {
     path: PathBuf,
@@ -256,6 +281,27 @@ impl SqliteStoreBuilder {
 }
 
 /// A SQLite file that could not be opened as the store.
+///
+/// Only [`SqliteStoreBuilder::open`] fails with it: afterwards a failing
+/// file never fails a request. Its [`source`](std::error::Error::source) is
+/// the reason SQLite (or the system) gave.
+///
+/// # Examples
+///
+/// ```
+/// use tower_idempotency::{IdempotencyLayer, SqliteStore};
+///
+/// let missing = std::env::temp_dir().join("no-such-folder-tower-idempotency/answers.sqlite3");
+/// let layer = match SqliteStore::open(&missing) {
+///     Ok(store) => IdempotencyLayer::builder().sqlite(store).build(),
+///     Err(error) => {
+///         assert!(error.to_string().starts_with("cannot open"));
+///         // Go on without a durable L2.
+///         IdempotencyLayer::new()
+///     }
+/// };
+/// # drop(layer);
+/// ```
 #[derive(Debug)]
 pub struct SqliteError {
     path: PathBuf,

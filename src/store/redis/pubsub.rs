@@ -1,123 +1,21 @@
-//! Notifications: one pub/sub subscriber per store wakes local waiters when
-//! another instance completes a call, lets them through at once when its
-//! answer will not be stored, and evicts L1 entries purged or refreshed
-//! anywhere.
+//! The events channel: one pub/sub subscriber per store wakes local waiters
+//! when another instance completes a call, lets them through at once when
+//! its answer will not be stored, and turns purges and refreshes made
+//! anywhere into [`Invalidation`]s for the L1 caches on this store.
 //!
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
 //! may go through any node: it uses the first node that answers (the seeds
 //! given, then the nodes found at connect), and moves to the next when its
 //! node goes away or stops answering its pings. Messages sent while it moves
 //! are lost, so on every new subscription but the first the waiters look
-//! again and the L1 caches are cleared (an eviction may have been missed).
+//! again and every L1 is told to drop everything ([`Invalidation::Missed`]).
 
-use std::{
-    collections::HashMap,
-    future::poll_fn,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, PoisonError, Weak,
-    },
-    time::Duration,
-};
+use std::{future::poll_fn, pin::Pin, sync::Weak, time::Duration};
 
 use futures_core::Stream;
-use tokio::sync::Notify;
 
-use super::Inner;
-use crate::key::Key;
-
-/// Local requests waiting for a key that another instance is computing.
-#[derive(Default)]
-pub(super) struct Waiters(Mutex<HashMap<Key, Slot>>);
-
-struct Slot {
-    notify: Arc<Notify>,
-    watchers: usize,
-    /// How many times a call for the key ended without storing an answer.
-    passes: Arc<AtomicU64>,
-}
-
-impl Waiters {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn watch(self: &Arc<Self>, key: Key) -> Watch {
-        let mut map = self.map();
-        let slot = map.entry(key).or_insert_with(|| Slot {
-            notify: Arc::default(),
-            watchers: 0,
-            passes: Arc::default(),
-        });
-        slot.watchers += 1;
-        Watch {
-            waiters: Arc::clone(self),
-            key,
-            notify: Arc::clone(&slot.notify),
-            seen: slot.passes.load(Relaxed),
-            passes: Arc::clone(&slot.passes),
-        }
-    }
-
-    /// The call for `key` ended without storing an answer: everyone waiting
-    /// for it goes through.
-    pub(super) fn pass(&self, key: &Key) {
-        if let Some(slot) = self.map().get(key) {
-            slot.passes.fetch_add(1, Relaxed);
-            slot.notify.notify_waiters();
-        }
-    }
-
-    pub(super) fn wake(&self, key: &Key) {
-        if let Some(slot) = self.map().get(key) {
-            slot.notify.notify_waiters();
-        }
-    }
-
-    /// Wakes everyone: after a reconnect, messages may have been missed.
-    pub(super) fn wake_all(&self) {
-        self.map()
-            .values()
-            .for_each(|slot| slot.notify.notify_waiters());
-    }
-}
-
-/// Interest in one key's completion, for as long as it lives.
-pub(crate) struct Watch {
-    waiters: Arc<Waiters>,
-    key: Key,
-    notify: Arc<Notify>,
-    passes: Arc<AtomicU64>,
-    seen: u64,
-}
-
-impl Watch {
-    /// Notified on every completion message for the key. Create the
-    /// `Notified` future and `enable` it before checking Redis, so that a
-    /// message arriving in between is not lost.
-    pub(crate) fn notify(&self) -> &Notify {
-        &self.notify
-    }
-
-    /// Whether a call for the key ended without storing its answer since
-    /// this watch began: its waiters should not wait for another.
-    pub(crate) fn passed(&self) -> bool {
-        self.passes.load(Relaxed) != self.seen
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let mut map = self.waiters.map();
-        if let Some(slot) = map.get_mut(&self.key) {
-            slot.watchers -= 1;
-            if slot.watchers == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
+use super::{connection::Conn, error::StoreError, store::Inner};
+use crate::{key::Key, store::invalidation::Invalidation};
 
 /// What travels on the events channel.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,7 +92,7 @@ pub(super) async fn subscribe(
                 store.waiters.wake_all();
                 if subscribed_before {
                     // Purges and refreshes sent meanwhile were missed.
-                    store.clear_l1();
+                    store.invalidate(Invalidation::Missed);
                 }
                 subscribed_before = true;
                 drop(store);
@@ -221,7 +119,7 @@ pub(super) async fn subscribe(
                     let Some(message) = message else { break };
                     let Some(store) = inner.upgrade() else { return };
                     match Event::decode(message.get_payload_bytes()) {
-                        Some(event) => store.dispatch(event).await,
+                        Some(event) => store.dispatch(event),
                         None => tracing::debug!("ignoring an unknown message on {channel}"),
                     }
                 }
@@ -238,6 +136,79 @@ pub(super) async fn subscribe(
         if next % nodes.len() == 0 {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Inner {
+    /// Publishes `event`. On a cluster, through the node owning `route` (a
+    /// key the event is about) when given: it is up if that key is usable.
+    pub(super) async fn publish(
+        &self,
+        event: Event,
+        route: Option<&str>,
+    ) -> Result<(), StoreError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.channel()).arg(event.encode());
+        match (&self.conn, route) {
+            (Conn::Cluster(cluster), Some(name)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(name, SlotAddr::Master),
+                ));
+                self.run(
+                    Some(name),
+                    self.settings.write_timeout,
+                    cluster.clone().route_command(publish, routing),
+                )
+                .await
+                .map(drop)
+            }
+            (Conn::Cluster(cluster), None) => {
+                // Any node will do: try a few, in case one is down.
+                let mut result = Ok(());
+                for _ in 0..3 {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                    result = self
+                        .run(
+                            None,
+                            self.settings.write_timeout,
+                            cluster.clone().route_command(publish.clone(), routing),
+                        )
+                        .await
+                        .map(drop);
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                result
+            }
+            (Conn::Single(_), _) => self
+                .run(
+                    None,
+                    self.settings.write_timeout,
+                    publish.query_async::<i64>(&mut self.conn.clone()),
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Acts on a message from any instance (this one included).
+    fn dispatch(&self, event: Event) {
+        match event {
+            Event::Done(key) => self.waiters.wake(&key),
+            Event::Unstored(key) => self.waiters.pass(&key),
+            Event::Replaced(key, origin) => {
+                // The instance that stored it holds the fresh entry already.
+                if origin != self.instance {
+                    self.invalidate(Invalidation::Replaced(key));
+                }
+                self.waiters.wake(&key);
+            }
+            Event::Purged(key) => self.invalidate(Invalidation::Purged(key)),
+            Event::PurgedNamespace => self.invalidate(Invalidation::PurgedNamespace),
         }
     }
 }

@@ -1,0 +1,115 @@
+//! The in-process steps: the L1 look-up, then the flight map, where one
+//! request leads and its concurrent duplicates follow (joining its stored
+//! answer or its live response), within the wait deadline.
+
+use std::sync::Arc;
+
+use http_body::Body;
+
+use super::{
+    observe::Outcome,
+    respond::{in_flight, key_reused},
+    upstream::{Answer, Pending, Upstream},
+    Engine,
+};
+use crate::{
+    body::RequestBody,
+    cache_status::CacheStatus,
+    error::BoxError,
+    flight::{Joined, Role},
+};
+
+impl Engine {
+    /// Answers a keyed request: from L1, from a flight in progress, or as
+    /// the leader of a new one.
+    pub(super) async fn answer<B, U>(
+        self: Arc<Self>,
+        pending: Pending<U>,
+    ) -> Answer<U::Body, U::Error>
+    where
+        U: Upstream<RequestBody<B>>,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        let job = &pending.job;
+        if job.refresh {
+            let leader = self.flights.solo(job.key, job.fingerprint);
+            return self.call_upstream(leader, None, pending).await;
+        }
+        if let Some(record) = self.l1.get(&job.key).await {
+            if self.fits(job, &record, pending.headers()) {
+                return Ok(self.hit(job, &record, Outcome::HitL1));
+            }
+        }
+        // A follower waits for its leader at most this long, like a waiter
+        // on another instance.
+        let deadline = tokio::time::Instant::now().checked_add(self.config.wait_timeout);
+        loop {
+            let job = &pending.job;
+            match self.flights.join_or_lead(job.key, job.fingerprint) {
+                Role::Follow(flight) => {
+                    if job.fingerprint.is_some() {
+                        if flight.fingerprint() != job.fingerprint {
+                            return Ok(self.reject(key_reused()));
+                        }
+                        if self.config.strict {
+                            return Ok(self.reject(in_flight()));
+                        }
+                    }
+                    let joined = flight.join(pending.headers());
+                    let joined = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, joined).await,
+                        None => Ok(joined.await),
+                    };
+                    let Ok(joined) = joined else {
+                        self.count_wait_timeout();
+                        if self.config.strict {
+                            return Ok(self.reject(in_flight()));
+                        }
+                        return self.alone(pending).await;
+                    };
+                    match joined {
+                        Joined::Replay(record) if self.fits(job, &record, pending.headers()) => {
+                            return Ok(self.hit(job, &record, Outcome::Coalesced { live: false }))
+                        }
+                        Joined::Replay(_) | Joined::Alone => return self.alone(pending).await,
+                        Joined::Live(head, reader, settled) => {
+                            self.observe(Outcome::Coalesced { live: true });
+                            if let Some((meta, bytes)) = settled {
+                                self.count_savings(&meta, bytes, 1);
+                            }
+                            return Ok(self.live(
+                                &head,
+                                &head.shared_headers,
+                                reader,
+                                CacheStatus::Collapsed,
+                            ));
+                        }
+                        Joined::Retry => continue,
+                    }
+                }
+                Role::Lead(leader) => {
+                    // The look-up above may have raced a flight that stored
+                    // its answer and left the map: this one is authoritative.
+                    if let Some(record) = self.l1.get(&job.key).await {
+                        if self.fits(job, &record, pending.headers()) {
+                            leader.replay(Arc::clone(&record));
+                            return Ok(self.hit(job, &record, Outcome::HitL1));
+                        }
+                    }
+                    return self.lead_shared(leader, pending).await;
+                }
+            }
+        }
+    }
+
+    /// Calls upstream for a request no flight can serve, without a flight
+    /// others could join.
+    async fn alone<B, U>(self: Arc<Self>, pending: Pending<U>) -> Answer<U::Body, U::Error>
+    where
+        U: Upstream<RequestBody<B>>,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        let leader = self.flights.solo(pending.job.key, pending.job.fingerprint);
+        self.call_upstream(leader, None, pending).await
+    }
+}

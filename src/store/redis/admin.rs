@@ -1,0 +1,177 @@
+//! Calls off the request path: the analytics (fleet totals, per-entry
+//! hits, the most replayed entries) and purges.
+
+use std::collections::HashMap;
+
+use super::{
+    cluster::{scan, scan_reachable},
+    error::StoreError,
+    keys::ns_tag,
+    pubsub::Event,
+    stats::{EntryStats, FleetStats, TopEntry},
+    store::RedisStore,
+};
+use crate::{key::Key, record::Meta};
+
+impl RedisStore {
+    /// Totals of every instance sharing this Redis, as last flushed.
+    pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
+        self.inner.flush().await;
+        let mut conn = self.inner.conn.clone();
+        let stats_key = self.inner.stats_key();
+        let fields: HashMap<String, u64> = self
+            .inner
+            .run(
+                Some(&stats_key),
+                self.inner.settings.write_timeout,
+                redis::cmd("HGETALL")
+                    .arg(self.inner.stats_key())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let get = |name: &str| fields.get(name).copied().unwrap_or(0);
+        Ok(FleetStats {
+            hits_l1: get("hits_l1"),
+            hits_l2: get("hits_l2"),
+            misses: get("misses"),
+            coalesced: get("coalesced"),
+            upstream_calls: get("upstream_calls"),
+            stored: get("stored"),
+        })
+    }
+
+    /// Per-entry analytics of one key in one namespace, if it is stored.
+    pub async fn entry_stats(
+        &self,
+        namespace: &str,
+        key: &Key,
+    ) -> Result<Option<EntryStats>, StoreError> {
+        self.inner.flush().await;
+        let mut conn = self.inner.conn.clone();
+        let names = self.inner.names(&ns_tag(namespace), key);
+        let (hits, last_hit_at, created_at): (Option<u64>, Option<u64>, Option<u64>) = self
+            .inner
+            .run(
+                Some(&names.entry),
+                self.inner.settings.write_timeout,
+                redis::cmd("HMGET")
+                    .arg(&names.entry)
+                    .arg("hits")
+                    .arg("last_hit_at")
+                    .arg("created_at")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(created_at.map(|created_at| EntryStats {
+            hits: hits.unwrap_or(0),
+            last_hit_at,
+            created_at,
+        }))
+    }
+
+    /// The `n` entries of a namespace replayed most often, most first: the
+    /// seed's ROI query. Scans the namespace's keys (every primary of a
+    /// cluster): an analytics call, not one for a request's path.
+    pub async fn top_entries(
+        &self,
+        namespace: &str,
+        n: usize,
+    ) -> Result<Vec<TopEntry>, StoreError> {
+        self.inner.flush().await;
+        let inner = &self.inner;
+        let pattern = format!("{}:{}:{{*}}", inner.prefix, ns_tag(namespace));
+        let mut entries = Vec::new();
+        for name in scan(inner, &pattern).await? {
+            let Some(key) = name
+                .rsplit_once('{')
+                .and_then(|(_, rest)| rest.strip_suffix('}'))
+                .and_then(Key::from_hex)
+            else {
+                continue;
+            };
+            let mut conn = inner.conn.clone();
+            let mut fields = redis::cmd("HMGET");
+            fields
+                .arg(&name)
+                .arg("hits")
+                .arg("last_hit_at")
+                .arg("created_at")
+                .arg("meta");
+            let (hits, last_hit_at, created_at, meta): (
+                Option<u64>,
+                Option<u64>,
+                Option<u64>,
+                Option<Vec<u8>>,
+            ) = inner
+                .run(
+                    Some(&name),
+                    inner.settings.write_timeout,
+                    fields.query_async(&mut conn),
+                )
+                .await?;
+            let Some(created_at) = created_at else {
+                continue;
+            };
+            let meta = Meta::decode(meta.as_deref().unwrap_or_default());
+            entries.push(TopEntry {
+                key,
+                stats: EntryStats {
+                    hits: hits.unwrap_or(0),
+                    last_hit_at,
+                    created_at,
+                },
+                model: meta.model,
+                #[cfg(feature = "ai")]
+                usage: meta.usage,
+            });
+        }
+        entries.sort_by(|a, b| b.stats.hits.cmp(&a.stats.hits).then(a.key.cmp(&b.key)));
+        entries.truncate(n);
+        Ok(entries)
+    }
+
+    /// Deletes one entry and evicts it from every instance's L1.
+    pub(crate) async fn purge(&self, ns: &str, key: &Key) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let mut conn = inner.conn.clone();
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(&names.entry);
+        inner
+            .run(
+                Some(&names.entry),
+                inner.settings.write_timeout,
+                unlink.query_async::<i64>(&mut conn),
+            )
+            .await?;
+        inner.publish(Event::Purged(*key), Some(&names.entry)).await
+    }
+
+    /// Deletes every entry of a namespace and clears every instance's L1.
+    /// A node that does not answer keeps its entries, but does not stop the
+    /// others' from being deleted nor the L1 caches from being cleared; the
+    /// error is returned after.
+    pub(crate) async fn purge_namespace(&self, ns: &str) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let mut deleted = 0;
+        let (keys, mut failed) = scan_reachable(inner, &format!("{}:{ns}:*", inner.prefix)).await;
+        for key in keys {
+            // One key per command: in a cluster each may live in another slot.
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(&key);
+            match inner
+                .run(
+                    Some(&key),
+                    inner.settings.write_timeout,
+                    unlink.query_async::<i64>(&mut inner.conn.clone()),
+                )
+                .await
+            {
+                Ok(unlinked) => deleted += u64::try_from(unlinked).unwrap_or(0),
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        inner.publish(Event::PurgedNamespace, None).await?;
+        failed.map_or(Ok(deleted), Err)
+    }
+}

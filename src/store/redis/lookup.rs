@@ -1,0 +1,136 @@
+//! A request's path through Redis: look up or claim the key (one round
+//! trip), and after the upstream call, store the answer, release the lease
+//! and tell every waiter (one more).
+
+use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::{
+    keys::{millis, ttl_millis},
+    lease::Lease,
+    pubsub::Event,
+    scripts,
+    store::RedisStore,
+};
+use crate::{
+    key::Key,
+    record::{codec, now_millis, Record},
+    store::l2::Lookup,
+};
+
+impl RedisStore {
+    /// Looks the key up, or claims its lease.
+    pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let token = inner.next_token();
+        let mut conn = inner.conn.clone();
+        let mut invocation = scripts::LOOKUP.prepare_invoke();
+        invocation
+            .key(&names.entry)
+            .key(&names.lease)
+            .arg(token.as_str())
+            .arg(millis(inner.settings.lease))
+            .arg(now_millis());
+        // Armed before the script is sent: if we stop waiting for its answer
+        // (a timeout, a cancelled request), the lease it may have claimed
+        // under this token is released.
+        let lease = Lease::new(&self.inner, &names, *key, token);
+        let mut reply: Vec<Value> = match inner
+            .run(
+                Some(&names.entry),
+                inner.settings.timeout,
+                invocation.invoke_async(&mut conn),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                if error.is_circuit_open() {
+                    lease.disarm(); // nothing was sent
+                }
+                return Lookup::Unavailable;
+            }
+        };
+        match reply.as_mut_slice() {
+            [Value::Int(1), Value::BulkString(bytes)] => {
+                lease.disarm();
+                // The record takes the reply's buffer: no copy.
+                match codec::decode(Bytes::from(std::mem::take(bytes))) {
+                    Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
+                    Ok(_) => Lookup::Garbage,
+                    Err(error) => {
+                        inner.decode_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(key = %key, %error, "ignoring an unreadable entry in redis");
+                        Lookup::Garbage
+                    }
+                }
+            }
+            [Value::Int(2)] => Lookup::Claimed(lease),
+            [Value::Int(3), Value::Int(ttl)] => {
+                lease.disarm();
+                Lookup::Busy(Duration::from_millis(u64::try_from(*ttl).unwrap_or(0)))
+            }
+            _ => {
+                inner.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, "unexpected reply from the look-up script");
+                Lookup::Unavailable
+            }
+        }
+    }
+
+    /// Stores `record` (if any), releases the lease (if held), and tells
+    /// every waiter on every instance: look again if it was stored, go
+    /// through if not. A record stored without the lease (a refresh) is
+    /// evicted from every other instance's L1.
+    pub(crate) async fn complete(
+        &self,
+        ns: &str,
+        key: &Key,
+        lease: Option<&Lease>,
+        record: Option<&Record>,
+    ) {
+        // Nothing to store and no claim to release: nobody waits on this
+        // call (waiters elsewhere wait on a lease holder), so telling them
+        // it ended unstored would only send them upstream early.
+        if record.is_none() && lease.is_none() {
+            return;
+        }
+        let inner = &self.inner;
+        let names = inner.names(ns, key);
+        let encoded = record.map(codec::encode).unwrap_or_default();
+        // Redis refuses an expiry past its clock's range after the entry is
+        // written: never send one.
+        let ttl = record.map_or(1, |r| ttl_millis(r.ttl_at(now_millis())));
+        let stored = match (record, lease) {
+            (None, _) => Event::Unstored(*key),
+            (Some(_), Some(_)) => Event::Done(*key),
+            (Some(_), None) => Event::Replaced(*key, inner.instance.clone()),
+        };
+        let mut conn = inner.conn.clone();
+        let mut invocation = scripts::STORE.prepare_invoke();
+        invocation
+            .key(&names.entry)
+            .key(&names.lease)
+            .arg(lease.map_or("", |l| l.token.as_str()))
+            .arg(encoded)
+            .arg(ttl)
+            .arg(record.map_or(0, |r| r.created_at))
+            .arg(inner.channel())
+            .arg(stored.encode())
+            .arg(record.map_or(Bytes::new(), |r| r.meta.clone()).as_ref())
+            .arg(Event::Unstored(*key).encode());
+        let result: Result<i64, _> = inner
+            .run(
+                Some(&names.entry),
+                inner.settings.write_timeout,
+                invocation.invoke_async(&mut conn),
+            )
+            .await;
+        if result.is_ok() {
+            lease.inspect(|lease| lease.disarm());
+        }
+    }
+}
