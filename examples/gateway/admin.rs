@@ -162,6 +162,7 @@ impl Admin {
         match self.layer.top_entries(TOP_ENTRIES).await {
             Some(Ok(entries)) => entries
                 .iter()
+                .filter(|entry| entry.stats.hits > 0)
                 .map(|entry| {
                     json!({
                         "key": entry.key.to_string(),
