@@ -107,7 +107,8 @@ impl Admin {
         let admin = Arc::downgrade(self);
         let interval = self.interval;
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
@@ -280,7 +281,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     #[cfg(feature = "metrics")]
     if let Some(prometheus) = &admin.prometheus {
         return (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             prometheus.render(),
         )
             .into_response();

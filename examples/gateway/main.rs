@@ -167,9 +167,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         (builder, kept) = with_sqlite(&args, builder);
         match kept {
             Some(path) => store_kind = StoreKind::Sqlite(path),
-            None => tracing::info!(
-                "no --redis nor --sqlite: entries are cached in this process only"
-            ),
+            None => {
+                tracing::info!("no --redis nor --sqlite: entries are cached in this process only")
+            }
         }
     }
     let layer = builder.build();
