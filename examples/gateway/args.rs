@@ -24,6 +24,8 @@ const MAX_BODY_BYTES: u64 = 1024 * MIB;
 const MAX_PRICE: f64 = 1_000_000.0;
 /// The most connections `--max-connections` accepts.
 const MAX_CONNECTIONS: u64 = 1_000_000;
+/// The most points `--history-slots` accepts: 3.2 MB of ring.
+const MAX_HISTORY_SLOTS: u64 = 100_000;
 
 /// An idempotency reverse proxy: replays repeated requests and lets one of
 /// many concurrent duplicates reach the upstream.
@@ -149,6 +151,17 @@ pub struct Args {
     /// before it goes to the upstream itself. Default: --upstream-timeout.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub wait_timeout: Option<Duration>,
+
+    /// Seconds per point of the dashboard's chart: the hits, coalesced
+    /// requests and misses of each interval are kept in a ring (`history`
+    /// in /_idempotency/stats).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_history_interval, allow_negative_numbers = true)]
+    pub history_interval: Duration,
+
+    /// Points the chart's ring keeps (1 to 100000; 32 bytes each, allocated
+    /// at start-up). 360 at 10 s is the last hour.
+    #[arg(long, value_name = "N", default_value = "360", value_parser = parse_history_slots, allow_negative_numbers = true)]
+    pub history_slots: usize,
 }
 
 /// The command line, with the `--config` file's settings under it. Exits
@@ -356,6 +369,26 @@ fn parse_max_connections(text: &str) -> Result<usize, String> {
     }
     if n > MAX_CONNECTIONS {
         return Err(format!("must be at most {MAX_CONNECTIONS}"));
+    }
+    usize::try_from(n).map_err(|_| "too large for this machine".into())
+}
+
+/// A timeout, and at least 10 ms: the sampler wakes once per interval.
+fn parse_history_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_timeout(text)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 0.01 seconds".into());
+    }
+    Ok(interval)
+}
+
+fn parse_history_slots(text: &str) -> Result<usize, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if n == 0 || n > MAX_HISTORY_SLOTS {
+        return Err(format!("must be 1 to {MAX_HISTORY_SLOTS}"));
     }
     usize::try_from(n).map_err(|_| "too large for this machine".into())
 }

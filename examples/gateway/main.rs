@@ -12,8 +12,11 @@
 //! ```
 //!
 //! It prints `listening on ADDR` once it accepts connections (with
-//! `--listen 127.0.0.1:0`, the port it was given), serves the layer's
-//! counters at `GET /_idempotency/stats`, logs to stderr (filter with
+//! `--listen 127.0.0.1:0`, the port it was given), serves a savings
+//! dashboard at `GET /_idempotency/`, the layer's counters at
+//! `GET /_idempotency/stats`, Prometheus metrics at
+//! `GET /_idempotency/metrics` and a health check at
+//! `GET /_idempotency/health` (see [`admin`]), logs to stderr (filter with
 //! `RUST_LOG`), and on SIGTERM or Ctrl-C stops accepting connections and lets
 //! the requests in flight finish before it exits.
 //!
@@ -25,7 +28,9 @@
 //! connections by memory and file descriptors: see `--help` and the
 //! README's "Run it as a proxy".
 
+mod admin;
 mod args;
+mod history;
 mod proxy;
 mod server;
 mod timeout;
@@ -39,25 +44,24 @@ use std::{
 };
 
 use axum::{
-    extract::{Request as AxumRequest, State},
+    extract::Request as AxumRequest,
     middleware::{self, Next},
     response::Response as AxumResponse,
-    routing::get,
-    Json, Router,
 };
 use http::Request;
-use serde_json::{json, Value};
 use tower::ServiceBuilder;
 use tower_idempotency::{strip_hop_by_hop, BoxError, Builder, IdempotencyLayer, RedisStore};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
+    admin::{Admin, StoreKind},
     args::Args,
     proxy::{strip_control_headers, Proxy},
     server::Limits,
 };
 
-/// Path of the gateway's own statistics endpoint; never forwarded.
+/// Path of the gateway's statistics endpoint; never forwarded (nor is
+/// anything else under `/_idempotency/`, see [`admin`]).
 const STATS_PATH: &str = "/_idempotency/stats";
 
 /// How long, after the last connection closed, the gateway waits for upstream
@@ -85,27 +89,27 @@ async fn main() -> ExitCode {
 }
 
 /// Adds the `--sqlite` store to the layer, if one was asked for and it
-/// opens; says whether it did.
+/// opens; returns its path if it did.
 #[cfg(feature = "sqlite")]
-fn with_sqlite(args: &Args, builder: Builder) -> (Builder, bool) {
+fn with_sqlite(args: &Args, builder: Builder) -> (Builder, Option<std::path::PathBuf>) {
     let Some(path) = args.sqlite.as_ref() else {
-        return (builder, false);
+        return (builder, None);
     };
     match tower_idempotency::SqliteStore::open(path) {
         Ok(store) => {
             tracing::info!(path = %path.display(), "keeping entries in a sqlite file");
-            (builder.sqlite(store), true)
+            (builder.sqlite(store), Some(path.clone()))
         }
         Err(error) => {
             tracing::error!(error = %chain(&error), "cannot use the sqlite file");
-            (builder, false)
+            (builder, None)
         }
     }
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn with_sqlite(_: &Args, builder: Builder) -> (Builder, bool) {
-    (builder, false)
+fn with_sqlite(_: &Args, builder: Builder) -> (Builder, Option<std::path::PathBuf>) {
+    (builder, None)
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
@@ -119,6 +123,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         )
         .into());
     }
+    let mut store_kind = StoreKind::Memory;
     let mut builder = IdempotencyLayer::builder()
         .namespace(args.namespace.clone())
         // Every request goes to the one upstream: the name a client used
@@ -148,6 +153,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .map_err(|error| format!("cannot connect to redis at {url}: {error}"))?;
         builder = builder.redis(store);
         tracing::info!(%url, "sharing entries through redis");
+        store_kind = StoreKind::Redis;
     } else if let Some(urls) = &args.redis_cluster {
         let store = RedisStore::cluster_builder(urls.iter().cloned())
             .connect()
@@ -155,14 +161,26 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .map_err(|error| format!("cannot connect to the redis cluster: {error}"))?;
         builder = builder.redis(store);
         tracing::info!(nodes = ?urls, "sharing entries through a redis cluster");
+        store_kind = StoreKind::RedisCluster;
     } else {
         let kept;
         (builder, kept) = with_sqlite(&args, builder);
-        if !kept {
-            tracing::info!("no --redis nor --sqlite: entries are cached in this process only");
+        match kept {
+            Some(path) => store_kind = StoreKind::Sqlite(path),
+            None => {
+                tracing::info!("no --redis nor --sqlite: entries are cached in this process only")
+            }
         }
     }
     let layer = builder.build();
+    // Before any request: the metrics recorder sees everything.
+    let admin = Admin::new(
+        layer.clone(),
+        store_kind,
+        args.history_interval,
+        args.history_slots,
+    );
+    admin.spawn_sampler();
 
     let upstream = args.upstream.to_string();
     let proxy = Proxy::new(args.upstream, args.upstream_timeout, args.idle_timeout)?;
@@ -179,9 +197,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         })
         .layer(layer.clone())
         .service(proxy);
-    let app = Router::new()
-        .route(STATS_PATH, get(stats))
-        .with_state(layer.clone())
+    let app = admin
+        .router()
         .fallback_service(forward)
         .layer(middleware::from_fn(log_request));
 
@@ -252,25 +269,6 @@ fn shutdown_signal() -> std::io::Result<Pin<Box<dyn Future<Output = ()> + Send>>
             }
         }))
     }
-}
-
-/// `GET /_idempotency/stats`: this process's counters, with Redis the
-/// fleet's, and what the in-process cache holds.
-async fn stats(State(layer): State<IdempotencyLayer>) -> Json<Value> {
-    let fleet = match layer.fleet_stats().await {
-        Some(Ok(fleet)) => json!(fleet),
-        Some(Err(error)) => {
-            tracing::warn!(%error, "cannot read the fleet statistics from redis");
-            Value::Null
-        }
-        None => Value::Null,
-    };
-    let (entries, weighed) = layer.l1_usage().await;
-    Json(json!({
-        "process": layer.stats(),
-        "fleet": fleet,
-        "l1": { "entries": entries, "weighed_bytes": weighed },
-    }))
 }
 
 /// Logs one line per request: what, the outcome, and how long the head took.

@@ -12,6 +12,7 @@ mod support;
 mod harness;
 mod upstream;
 
+mod admin;
 mod bodies;
 mod connections;
 mod control;

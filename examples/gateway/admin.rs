@@ -1,0 +1,335 @@
+//! The gateway's own endpoints under `/_idempotency/`, never forwarded:
+//!
+//! - `/_idempotency/`: the savings dashboard, one self-contained page
+//!   (`dashboard.html`, no external scripts, fonts or styles) that refreshes
+//!   itself from the stats;
+//! - `/_idempotency/stats`: JSON, this process's counters and, with Redis,
+//!   the fleet's, the chart's `history` ring and the most replayed entries;
+//! - `/_idempotency/metrics`: the layer's `metrics` facade in Prometheus
+//!   text (built with the `metrics` feature);
+//! - `/_idempotency/health`: 200 while the gateway serves, with whether the
+//!   shared store answers and its circuit breaker's state.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::{json, Value};
+use tokio::time::MissedTickBehavior;
+use tower_idempotency::IdempotencyLayer;
+
+use crate::history::{now_millis, History};
+
+/// The dashboard, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// How many entries the dashboard's "most replayed" table shows.
+const TOP_ENTRIES: usize = 10;
+/// The most replayed entries are looked up at most this often: with Redis
+/// it is a scan of the namespace's keys.
+const TOP_EVERY: Duration = Duration::from_secs(5);
+
+/// Which shared store the layer uses, for the health answer and the page.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+    RedisCluster,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    Sqlite(std::path::PathBuf),
+}
+
+impl StoreKind {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    fn is_redis(&self) -> bool {
+        matches!(self, Self::Redis | Self::RedisCluster)
+    }
+}
+
+/// What the endpoints share.
+pub struct Admin {
+    layer: IdempotencyLayer,
+    store: StoreKind,
+    history: Mutex<History>,
+    interval: Duration,
+    started: Instant,
+    /// The last "most replayed" list and when it was read.
+    top: tokio::sync::Mutex<Option<(Instant, Value)>>,
+    #[cfg(feature = "metrics")]
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl Admin {
+    /// Installs the Prometheus recorder (once per process; a second
+    /// recorder is refused and logged), and starts the history ring.
+    pub fn new(
+        layer: IdempotencyLayer,
+        store: StoreKind,
+        interval: Duration,
+        slots: usize,
+    ) -> Arc<Self> {
+        let history = History::new(slots, &layer.stats());
+        tracing::debug!(
+            slots,
+            bytes = history.memory_bound(),
+            "history ring allocated"
+        );
+        Arc::new(Self {
+            history: Mutex::new(history),
+            layer,
+            store,
+            interval,
+            started: Instant::now(),
+            top: tokio::sync::Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            prometheus: install_prometheus(),
+        })
+    }
+
+    /// Samples the layer's counters into the ring once per interval, for as
+    /// long as the `Admin` lives.
+    pub fn spawn_sampler(self: &Arc<Self>) {
+        let admin = Arc::downgrade(self);
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(admin) = admin.upgrade() else { return };
+                let stats = admin.layer.stats();
+                admin
+                    .history
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(now_millis(), &stats);
+                #[cfg(feature = "metrics")]
+                if let Some(prometheus) = &admin.prometheus {
+                    prometheus.run_upkeep();
+                }
+            }
+        });
+    }
+
+    /// The routes, with this state.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/_idempotency", get(dashboard))
+            .route("/_idempotency/", get(dashboard))
+            .route(crate::STATS_PATH, get(stats))
+            .route("/_idempotency/metrics", get(metrics))
+            .route("/_idempotency/health", get(health))
+            // The gateway's own namespace: nothing under it is forwarded.
+            .route("/_idempotency/{*rest}", get(not_found).fallback(not_found))
+            .with_state(self)
+    }
+
+    /// The most replayed entries of the shared store, read at most every
+    /// [`TOP_EVERY`]; `null` when the store keeps no such counts.
+    async fn top_entries(&self) -> Value {
+        let mut cached = self.top.lock().await;
+        if let Some((at, top)) = &*cached {
+            if at.elapsed() < TOP_EVERY {
+                return top.clone();
+            }
+        }
+        let top = match &self.store {
+            StoreKind::Redis | StoreKind::RedisCluster => self.redis_top().await,
+            #[cfg(feature = "sqlite")]
+            StoreKind::Sqlite(path) => sqlite_top(path.clone()).await,
+            _ => Value::Null,
+        };
+        *cached = Some((Instant::now(), top.clone()));
+        top
+    }
+
+    async fn redis_top(&self) -> Value {
+        match self.layer.top_entries(TOP_ENTRIES).await {
+            Some(Ok(entries)) => entries
+                .iter()
+                .filter(|entry| entry.stats.hits > 0)
+                .map(|entry| {
+                    json!({
+                        "key": entry.key.to_string(),
+                        "hits": entry.stats.hits,
+                        "last_hit_at": entry.stats.last_hit_at,
+                        "created_at": entry.stats.created_at,
+                        "model": entry.model,
+                        "tokens": entry.usage.as_ref().map(|usage| usage.total()),
+                    })
+                })
+                .collect(),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot read the most replayed entries from redis");
+                Value::Null
+            }
+            None => Value::Null,
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn install_prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "cannot install the prometheus recorder");
+            None
+        }
+    }
+}
+
+/// The seed's ROI query on the SQLite file, per entry: the rows replayed
+/// most, read on a connection of its own (read-only, off the runtime).
+#[cfg(feature = "sqlite")]
+async fn sqlite_top(path: std::path::PathBuf) -> Value {
+    let read = move || -> rusqlite::Result<Value> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(200))?;
+        let mut query = conn.prepare(
+            "SELECT content_hash, hit_count, last_hit_at, created_at, model, tokens
+             FROM ai_result_cache WHERE hit_count > 0 AND expires_at > ?1
+             ORDER BY hit_count DESC LIMIT ?2",
+        )?;
+        let now = i64::try_from(now_millis()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(TOP_ENTRIES).unwrap_or(i64::MAX);
+        let rows = query.query_map(rusqlite::params![now, limit], |row| {
+            Ok(json!({
+                "key": row.get::<_, String>(0)?,
+                "hits": row.get::<_, i64>(1)?,
+                "last_hit_at": row.get::<_, Option<i64>>(2)?,
+                "created_at": row.get::<_, i64>(3)?,
+                "model": row.get::<_, Option<String>>(4)?,
+                "tokens": row.get::<_, Option<i64>>(5)?,
+            }))
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map(Value::from)
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(top)) => top,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the most replayed entries from sqlite");
+            Value::Null
+        }
+        Err(_) => Value::Null,
+    }
+}
+
+/// `GET /_idempotency/`: the dashboard.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// `GET /_idempotency/stats`: this process's counters, with Redis the
+/// fleet's, what the in-process cache holds, the chart's history and the
+/// most replayed entries.
+async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    let layer = &admin.layer;
+    let fleet = match layer.fleet_stats().await {
+        Some(Ok(fleet)) => json!(fleet),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "cannot read the fleet statistics from redis");
+            Value::Null
+        }
+        None => Value::Null,
+    };
+    let (entries, weighed) = layer.l1_usage().await;
+    let history = admin
+        .history
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .slots();
+    Json(json!({
+        "process": layer.stats(),
+        "fleet": fleet,
+        "l1": { "entries": entries, "weighed_bytes": weighed },
+        "store": admin.store.name(),
+        "history": history,
+        "history_interval_ms": u64::try_from(admin.interval.as_millis()).unwrap_or(u64::MAX),
+        "top_entries": admin.top_entries().await,
+    }))
+}
+
+/// `GET /_idempotency/metrics`: Prometheus text exposition.
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    #[cfg(feature = "metrics")]
+    if let Some(prometheus) = &admin.prometheus {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus.render(),
+        )
+            .into_response();
+    }
+    let _ = admin;
+    (
+        StatusCode::NOT_FOUND,
+        "metrics: the gateway was built without the `metrics` feature\n",
+    )
+        .into_response()
+}
+
+/// `GET /_idempotency/health`: always 200 while the gateway serves; says
+/// whether the shared store answers a probe right now and whether its
+/// circuit breaker is open (the probe was skipped without being sent).
+async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    let layer = &admin.layer;
+    let redis = if admin.store.is_redis() {
+        let skipped_before = layer.stats().store.skipped;
+        let probe = layer.fleet_stats().await;
+        let skipped = layer.stats().store.skipped > skipped_before;
+        let (reachable, error) = match probe {
+            Some(Ok(_)) => (true, None),
+            Some(Err(error)) => (false, Some(error.to_string())),
+            None => (false, None),
+        };
+        json!({
+            "reachable": reachable,
+            "breaker": if skipped { "open" } else { "closed" },
+            "error": error,
+        })
+    } else {
+        Value::Null
+    };
+    let stats = layer.stats();
+    Json(json!({
+        "status": "serving",
+        "uptime_seconds": admin.started.elapsed().as_secs(),
+        "store": admin.store.name(),
+        "redis": redis,
+        "store_health": stats.store,
+        "in_flight": layer.in_flight(),
+    }))
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "no such gateway endpoint\n")
+}

@@ -1,0 +1,322 @@
+//! The gateway's own endpoints: the dashboard page, the `history` ring in
+//! the stats, Prometheus metrics and the health check. None of them reaches
+//! the upstream.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{
+    harness::{get, post_json, send, start_refused, Gateway},
+    support::redis_server::RedisServer,
+    upstream::Upstream,
+};
+
+async fn health(gateway: &Gateway) -> Value {
+    let answer = send(get(&gateway.url("/_idempotency/health"))).await;
+    assert_eq!(answer.status, 200, "health answers 200 while serving");
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&answer.body).expect("health answers JSON")
+}
+
+/// Polls `read` every 20 ms until `check` holds of what it returned, for
+/// at most `limit`; returns the last value read, and whether it held.
+async fn poll<F, Fut>(limit: Duration, read: F, check: impl Fn(&Value) -> bool) -> (bool, Value)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = read().await;
+        if check(&value) {
+            return (true, value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (false, value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every `src`/`href` attribute value in `page`, however quoted.
+fn links(page: &str) -> Vec<String> {
+    let lower = page.to_ascii_lowercase();
+    let mut found = Vec::new();
+    for attribute in ["src=", "href="] {
+        let mut rest = lower.as_str();
+        while let Some(at) = rest.find(attribute) {
+            let value = rest[at + attribute.len()..].trim_start_matches(['"', '\'']);
+            let end = value.find(['"', '\'', ' ', '>']).unwrap_or(value.len());
+            found.push(value[..end].to_owned());
+            rest = &value[end..];
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_one_self_contained_page() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+
+    for path in ["/_idempotency/", "/_idempotency"] {
+        let answer = send(get(&gateway.url(path))).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        let page = std::str::from_utf8(&answer.body).expect("the page is UTF-8");
+        assert!(page.starts_with("<!doctype html>"), "{path}");
+        for id in [
+            "process-requests",
+            "process-hit-rate",
+            "process-calls-saved",
+            "process-tokens-saved",
+            "process-money-saved",
+            "fleet-requests",
+            "chart",
+            "top-entries",
+            "tenants",
+        ] {
+            assert!(page.contains(&format!("id=\"{id}\"")), "{id} missing");
+        }
+        // Nothing is loaded from elsewhere: it works with no internet.
+        let links = links(page);
+        assert!(
+            links.iter().all(|link| !link.starts_with("http:")
+                && !link.starts_with("https:")
+                && !link.starts_with("//")),
+            "{links:?}"
+        );
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        assert!(!page.contains("@import") && !page.contains("url("));
+        // The page reads the stats by their absolute path, so that it works
+        // at `/_idempotency` too.
+        assert!(page.contains("\"/_idempotency/stats\""));
+    }
+    // The gateway's namespace is its own: an unknown path there is 404.
+    let unknown = send(get(&gateway.url("/_idempotency/nothing-here"))).await;
+    assert_eq!(unknown.status, 404);
+    let unknown = send(post_json(&gateway.url("/_idempotency/stats/x"), "{}")).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(upstream.calls.get(), 0, "nothing was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_ring_keeps_its_last_slots() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--history-interval",
+        "0.1",
+        "--history-slots",
+        "5",
+    ]);
+    let first = gateway.stats().await;
+    assert_eq!(first["history_interval_ms"], 100, "{first}");
+    assert!(first["history"].as_array().unwrap().len() <= 5);
+
+    let url = gateway.url("/v1/chat/completions");
+    send(post_json(&url, r#"{"q":"ring"}"#)).await;
+    send(post_json(&url, r#"{"q":"ring"}"#)).await;
+    send(post_json(&url, r#"{"q":"ring"}"#)).await;
+    // The requests land in a slot once its interval is over.
+    let counted = |stats: &Value, field: &str| -> u64 {
+        stats["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|slot| slot[field].as_u64().unwrap())
+            .sum()
+    };
+    let (held, seen) = poll(
+        Duration::from_secs(5),
+        || gateway.stats(),
+        |seen| counted(seen, "misses") == 1 && counted(seen, "hits") == 2,
+    )
+    .await;
+    assert!(held, "{seen}");
+    // More intervals than slots: the ring holds exactly its bound, the
+    // oldest slots gone (the requests' slot with them).
+    let (held, seen) = poll(
+        Duration::from_secs(5),
+        || gateway.stats(),
+        |seen| counted(seen, "hits") == 0,
+    )
+    .await;
+    assert!(held, "{seen}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = gateway.stats().await;
+    let history = stats["history"].as_array().unwrap();
+    assert_eq!(history.len(), 5, "{stats}");
+    let times: Vec<u64> = history
+        .iter()
+        .map(|slot| slot["at"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+    assert_eq!(
+        stats["process"]["hits"]["l1"], 2,
+        "the counters keep it all"
+    );
+    assert_eq!(upstream.calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_flags_are_checked_and_documented() {
+    let (status, help) = start_refused(&["--help"]);
+    assert!(status.success());
+    for text in [
+        "--history-interval",
+        "--history-slots",
+        "[default: 10]",
+        "[default: 360]",
+    ] {
+        assert!(help.contains(text), "{text} missing from:\n{help}");
+    }
+    for bad in [
+        ["--history-slots", "0"],
+        ["--history-slots", "100001"],
+        ["--history-interval", "0"],
+        ["--history-interval", "0.001"],
+    ] {
+        let (status, output) = start_refused(&["--upstream", "http://127.0.0.1:1", bad[0], bad[1]]);
+        assert_eq!(status.code(), Some(2), "{bad:?}: {output}");
+        assert!(output.contains(bad[0]), "{bad:?}: {output}");
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_requests_in_prometheus_text() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let url = gateway.url("/v1/chat/completions");
+    for body in [r#"{"q":1}"#, r#"{"q":1}"#, r#"{"q":1}"#, r#"{"q":2}"#] {
+        assert_eq!(send(post_json(&url, body)).await.status, 200);
+    }
+    let bypassed = send(
+        http::Request::post(&url)
+            .header("content-type", "application/json")
+            .header("cache-control", "no-store")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bypassed.status, 200);
+
+    let answer = send(get(&gateway.url("/_idempotency/metrics"))).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer
+        .header("content-type")
+        .is_some_and(|value| value.starts_with("text/plain")));
+    let text = String::from_utf8(answer.body.to_vec()).unwrap();
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().unwrap())
+    };
+    assert!(
+        text.contains("# TYPE tower_idempotency_requests_total counter"),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"tower_idempotency_requests_total{cache="miss"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"tower_idempotency_requests_total{cache="hit_l1"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"tower_idempotency_requests_total{cache="bypass"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"tower_idempotency_requests_total{cache="hit_l2"}"#),
+        None,
+        "{text}"
+    );
+    assert!(value("tower_idempotency_bytes_saved_total").is_some_and(|bytes| bytes > 0.0));
+    // The admin endpoints themselves are not requests to the layer.
+    let again = send(get(&gateway.url("/_idempotency/metrics"))).await;
+    let again = String::from_utf8(again.body.to_vec()).unwrap();
+    assert!(
+        again.contains(r#"tower_idempotency_requests_total{cache="miss"} 2"#),
+        "{again}"
+    );
+    assert_eq!(upstream.calls.get(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_whether_redis_answers() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--redis", &redis.url()]);
+
+    let up = health(&gateway).await;
+    assert_eq!(up["status"], "serving", "{up}");
+    assert_eq!(up["store"], "redis");
+    assert_eq!(up["redis"]["reachable"], true, "{up}");
+    assert_eq!(up["redis"]["breaker"], "closed", "{up}");
+    assert_eq!(up["store_health"]["errors"], 0, "{up}");
+
+    redis.kill();
+    let (held, seen) = poll(
+        Duration::from_secs(10),
+        || health(&gateway),
+        |seen| seen["redis"]["reachable"] == false,
+    )
+    .await;
+    assert!(held, "{seen}");
+    assert!(seen["redis"]["error"].is_string(), "{seen}");
+    // Failed probes count as store errors; after enough of them the
+    // breaker opens and a probe is not even sent.
+    let (held, seen) = poll(
+        Duration::from_secs(10),
+        || health(&gateway),
+        |seen| seen["redis"]["breaker"] == "open",
+    )
+    .await;
+    assert!(held, "{seen}");
+    assert_eq!(seen["status"], "serving");
+    assert!(
+        seen["store_health"]["skipped"].as_u64().unwrap() > 0,
+        "{seen}"
+    );
+
+    // The gateway still serves, without its store.
+    let answer = send(post_json(&gateway.url("/v1/x"), r#"{"q":1}"#)).await;
+    assert_eq!(answer.status, 200);
+
+    redis.restart();
+    let (held, seen) = poll(
+        Duration::from_secs(15),
+        || health(&gateway),
+        |seen| seen["redis"]["reachable"] == true && seen["redis"]["breaker"] == "closed",
+    )
+    .await;
+    assert!(held, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_without_a_shared_store() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let health = health(&gateway).await;
+    assert_eq!(health["status"], "serving", "{health}");
+    assert_eq!(health["store"], "memory");
+    assert!(health["redis"].is_null(), "{health}");
+    let stats = gateway.stats().await;
+    assert!(stats["top_entries"].is_null(), "{stats}");
+    assert_eq!(stats["store"], "memory");
+    assert_eq!(upstream.calls.get(), 0);
+}
