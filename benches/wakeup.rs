@@ -255,9 +255,13 @@ struct Held {
 impl<B> Service<Request<B>> for Held {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -341,7 +345,7 @@ async fn script_calls(conn: &mut MultiplexedConnection) -> u64 {
     info.lines()
         .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
         .filter_map(|line| {
-            line.split(|c| c == ':' || c == ',')
+            line.split([':', ','])
                 .find_map(|field| field.strip_prefix("calls="))
                 .and_then(|calls| calls.parse::<u64>().ok())
         })
