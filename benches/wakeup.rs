@@ -36,7 +36,9 @@
 //!   some seconds does. This is what waiters got without the notification.
 //!
 //! Every burst checks that B was answered from L2 (`cache-status: ...;
-//! hit`) and that B's upstream was never called.
+//! hit`) and that B's upstream was never called. A run starts once every
+//! subscription to the events channel is up (`PUBSUB NUMSUB`), and the
+//! polled run checks at its end that B never subscribed.
 //!
 //! ```text
 //! cargo bench --bench wakeup
@@ -418,6 +420,29 @@ fn run(server: &RedisServer, mode: Mode, bursts: usize) -> Run {
             }
         });
 
+        // Both stores' subscriptions and ours are up before the first burst
+        // (B's never comes up in the polled run): a message sent before B
+        // subscribed would leave B to its poll.
+        let subscribers = if mode == Mode::Notified { 3 } else { 2 };
+        within(
+            async {
+                loop {
+                    let (_, n): (String, usize) = redis::cmd("PUBSUB")
+                        .arg("NUMSUB")
+                        .arg("tidem:events")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    if n >= subscribers {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            "the events subscriptions",
+        )
+        .await;
+
         for burst in 0..bursts {
             let body = unique_body();
             let key = {
@@ -473,6 +498,14 @@ fn run(server: &RedisServer, mode: Mode, bursts: usize) -> Run {
                 .from_message
                 .push(b_done.saturating_duration_since(message_at));
         }
+        // In the polled run, B never heard a message.
+        let (_, n): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("tidem:events")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, subscribers, "subscriptions to the events channel");
     });
 
     let (stats_a, stats_b) = (a.layer.stats(), b.layer.stats());
