@@ -266,7 +266,12 @@ impl Builder {
     /// request goes on: `x-idempotency-bypass: true` (pass through untouched),
     /// `x-idempotency-refresh: true` (skip the look-up, store the fresh
     /// answer), `x-idempotency-ttl: <seconds>` and
-    /// `x-idempotency-namespace: <name>`. An invalid value is answered 400.
+    /// `x-idempotency-namespace: <name>`, and `x-idempotency-explain: true`
+    /// (the response gets a header of that name listing what went into the
+    /// key: method, authority, path, the query's names, the names of the
+    /// vary headers sent, how the body was read, the namespace and the key's
+    /// hex; never a header's or a parameter's value). A TTL is digits only.
+    /// An invalid value is answered 400.
     /// Default: off (the headers pass through like any other). Turn it on
     /// where the callers are trusted to steer the cache, as in a gateway.
     pub fn control_headers(mut self, enabled: bool) -> Self {

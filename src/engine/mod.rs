@@ -36,7 +36,7 @@ mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body::Body;
 use tracing::Instrument;
 
@@ -53,7 +53,7 @@ use crate::{
     flight::Flights,
     idempotency_key,
     key::{Key, KeySpec},
-    policy::{self, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
+    policy::{self, control, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
     stats::{Counters, Stats},
     store::{Backend, MemoryStore, L2},
 };
@@ -248,6 +248,13 @@ impl Engine {
             Some(namespace) => self.l2.tag(namespace),
             None => self.ns.clone(),
         };
+        let explained = plan.explain.then(|| {
+            let explained =
+                self.config
+                    .key
+                    .explain(namespace, &parts, &body, fingerprint.is_some(), &key);
+            HeaderValue::try_from(explained).ok()
+        });
         let job = Job {
             key,
             ns,
@@ -267,6 +274,9 @@ impl Engine {
         let mut answer = Arc::clone(&self).answer(pending).instrument(span).await;
         if let Ok(response) = &mut answer {
             response.extensions_mut().insert(key);
+            if let Some(Some(explained)) = explained {
+                response.headers_mut().insert(control::EXPLAIN, explained);
+            }
         }
         answer
     }

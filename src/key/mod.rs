@@ -19,6 +19,7 @@
 //! last, after a tag byte naming how it was prepared, which lets canonical JSON
 //! stream straight into the hasher without an intermediate buffer.
 
+mod explain;
 mod json;
 
 use std::{fmt, sync::Arc};

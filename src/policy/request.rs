@@ -26,6 +26,9 @@ pub(crate) mod control {
     pub(crate) const TTL: HeaderName = HeaderName::from_static("x-idempotency-ttl");
     /// The namespace for this request.
     pub(crate) const NAMESPACE: HeaderName = HeaderName::from_static("x-idempotency-namespace");
+    /// `true`: the response names what went into the key, in a header of the
+    /// same name.
+    pub(crate) const EXPLAIN: HeaderName = HeaderName::from_static("x-idempotency-explain");
 }
 
 /// Why a request skips the engine, decided from its head alone.
@@ -46,6 +49,9 @@ pub(crate) struct Plan {
     pub(crate) namespace: Option<String>,
     /// The TTL the control header chose.
     pub(crate) ttl: Option<Duration>,
+    /// Name what went into the key in the response (the explain control
+    /// header).
+    pub(crate) explain: bool,
 }
 
 /// The head's verdict.
@@ -123,7 +129,12 @@ fn take_controls(
     };
     let bypass = flag(headers, &control::BYPASS)?;
     plan.refresh |= flag(headers, &control::REFRESH)?;
+    plan.explain = flag(headers, &control::EXPLAIN)?;
     if let Some(ttl) = take(headers, &control::TTL)? {
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        if ttl.is_empty() || !ttl.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid_control(&control::TTL));
+        }
         let seconds: u64 = ttl.parse().map_err(|_| invalid_control(&control::TTL))?;
         let ttl = Duration::from_secs(seconds);
         if ttl > max_ttl {

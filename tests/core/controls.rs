@@ -158,3 +158,69 @@ async fn without_the_option_control_headers_are_ordinary_headers() {
     assert!(String::from_utf8_lossy(&again.body).contains("\"true\""));
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test]
+async fn a_ttl_is_digits_only() {
+    let (inner, calls) = guarded();
+    let service = layer().layer(inner);
+    for value in ["+5", "-5", "5s", "0x10", "1e3", ""] {
+        let response =
+            tower::ServiceExt::oneshot(service.clone(), with(&[("x-idempotency-ttl", value)]))
+                .await
+                .unwrap();
+        assert_eq!(response.status(), 400, "x-idempotency-ttl: {value:?}");
+    }
+    assert_eq!(calls.get(), 0);
+}
+
+#[tokio::test]
+async fn explain_names_what_went_into_the_key_and_no_value() {
+    let (inner, calls) = guarded();
+    let layer = layer();
+    let service = layer.layer(inner);
+    let request = |explain: bool| {
+        let mut request = Request::post("https://api.example.com/v1/chat?stream=true")
+            .header("authorization", "Bearer sk-tenant-secret")
+            .header("content-type", "application/json");
+        if explain {
+            request = request.header("x-idempotency-explain", "true");
+        }
+        request
+            .body(Full::new(Bytes::from_static(br#"{"model":"m","n":1}"#)))
+            .unwrap()
+    };
+    let (head, _) = request(false).into_parts();
+    let key = layer.key_for(&head, br#"{"model":"m","n":1}"#).unwrap();
+
+    let miss = fetch(&service, request(true)).await;
+    let explained = miss.header("x-idempotency-explain").unwrap().to_owned();
+    assert_eq!(
+        explained,
+        format!(
+            "method=POST; authority=api.example.com; path=/v1/chat; query=stream; \
+             headers=authorization,content-type; body=canonical-json; body-bytes=19; \
+             namespace=; key={key}"
+        )
+    );
+    assert!(!explained.contains("secret"));
+
+    // A hit is explained alike; a request that does not ask gets nothing.
+    let hit = fetch(&service, request(true)).await;
+    assert!(
+        hit.cache_status().contains("; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.header("x-idempotency-explain"), Some(&explained[..]));
+    let plain = fetch(&service, request(false)).await;
+    assert_eq!(plain.header("x-idempotency-explain"), None);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn explain_is_an_ordinary_header_without_the_option() {
+    let (inner, _calls) = upstream(|_: Seen| async move { respond(200, "answer") });
+    let service = IdempotencyLayer::new().layer(inner);
+    let answer = fetch(&service, with(&[("x-idempotency-explain", "true")])).await;
+    assert_eq!(answer.header("x-idempotency-explain"), None);
+}

@@ -191,3 +191,41 @@ async fn without_the_flag_control_headers_are_stripped_and_steer_nothing() {
     assert_eq!(upstream.calls.get(), 2);
     assert_no_control_headers(&upstream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_why_two_tenants_do_not_share_an_entry() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--control-headers"]);
+
+    let explain = |answer: &Answer| answer.header("x-idempotency-explain").unwrap().to_owned();
+    let alice = ask(
+        &gateway,
+        &[
+            ("authorization", "Bearer sk-alice"),
+            ("x-idempotency-explain", "true"),
+        ],
+    )
+    .await;
+    let bob = ask(
+        &gateway,
+        &[
+            ("authorization", "Bearer sk-bob"),
+            ("x-idempotency-explain", "true"),
+        ],
+    )
+    .await;
+    // Same items, but the keys differ: the only thing that differs is a
+    // value, which is named (`authorization`) but never shown.
+    let (alice, bob) = (explain(&alice), explain(&bob));
+    let items = |line: &str| line.rsplit_once("; key=").unwrap().0.to_owned();
+    assert_eq!(items(&alice), items(&bob));
+    assert_ne!(alice, bob);
+    assert!(
+        alice.contains("headers=authorization,content-type"),
+        "{alice}"
+    );
+    assert!(alice.contains("body=canonical-json"), "{alice}");
+    assert!(!alice.contains("sk-alice") && !bob.contains("sk-bob"));
+    assert_eq!(upstream.calls.get(), 2);
+    assert_no_control_headers(&upstream);
+}

@@ -35,6 +35,28 @@ impl IgnoreFields {
         }
     }
 
+    /// The dotted paths left out, sorted.
+    pub(crate) fn paths(&self) -> Vec<String> {
+        fn walk(node: &Node, prefix: &str, out: &mut Vec<String>) {
+            for (name, child) in &node.children {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                match child {
+                    None => out.push(path),
+                    Some(child) => walk(child, &path, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(root) = self.root() {
+            walk(root, "", &mut out);
+        }
+        out
+    }
+
     pub(super) fn root(&self) -> Option<&Node> {
         self.0.as_deref()
     }
