@@ -104,3 +104,27 @@ impl futures_core::Stream for Chunks {
         std::task::Poll::Ready(self.0.pop_front())
     }
 }
+
+#[tokio::test]
+async fn a_budget_of_zero_stores_nothing_and_never_replays_an_empty_body() {
+    let (inner, calls) = numbered();
+    let layer = IdempotencyLayer::builder().max_recording_bytes(0).build();
+    let service = layer.layer(inner);
+    for call in 1..=3 {
+        let answer = fetch(&service, post("/", "q")).await;
+        assert_eq!(answer.body, format!("answer #{call}"));
+    }
+    assert_eq!(calls.get(), 3);
+    assert_eq!(layer.stats().stored, 0);
+}
+
+#[tokio::test]
+async fn a_budget_of_zero_still_stores_an_empty_answer() {
+    let (inner, calls) = upstream(|_: Seen| async move { respond(200, "") });
+    let layer = IdempotencyLayer::builder().max_recording_bytes(0).build();
+    let service = layer.layer(inner);
+    fetch(&service, post("/", "q")).await;
+    let again = fetch(&service, post("/", "q")).await;
+    assert!(again.cache_status().contains("; hit"), "{}", again.cache_status());
+    assert_eq!(calls.get(), 1);
+}
