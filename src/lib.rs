@@ -192,6 +192,7 @@ mod service;
 mod stats;
 mod store;
 mod telemetry;
+mod tenants;
 
 pub use body::{RequestBody, ResponseBody};
 #[cfg(feature = "ai")]
@@ -207,6 +208,7 @@ pub use layer::IdempotencyLayer;
 pub use policy::{strip_hop_by_hop, StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
+pub use tenants::TenantStats;
 #[cfg(feature = "redis")]
 pub use store::redis::{
     EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError, TopEntry,

@@ -125,6 +125,10 @@ async fn a_budget_of_zero_still_stores_an_empty_answer() {
     let service = layer.layer(inner);
     fetch(&service, post("/", "q")).await;
     let again = fetch(&service, post("/", "q")).await;
-    assert!(again.cache_status().contains("; hit"), "{}", again.cache_status());
+    assert!(
+        again.cache_status().contains("; hit"),
+        "{}",
+        again.cache_status()
+    );
     assert_eq!(calls.get(), 1);
 }
