@@ -279,6 +279,43 @@ impl Builder {
         self
     }
 
+    /// Counts calls, tokens and money saved per tenant, for at most
+    /// `capacity` tenants (1 to 100,000; a value outside is clamped), in
+    /// [`Stats::tenants`](crate::stats::Stats::tenants).
+    ///
+    /// A request's tenant is its first credential header (`authorization`,
+    /// `x-api-key`, `api-key`, `x-goog-api-key`, `cookie`), named by a short
+    /// keyed hash of it, never the credential: 16 hex digits that cannot be
+    /// reversed and that another deployment (another secret) does not share;
+    /// see [`tenant_secret`](Self::tenant_secret). Requests without one are
+    /// not counted per tenant. When more tenants come than the table holds,
+    /// the one with the fewest requests makes room (space-saving): a tenant
+    /// with more than `1 / capacity` of the requests is never lost, and each
+    /// count says how far off it may be (`overcount`). Default: off.
+    ///
+    /// ```
+    /// use tower_idempotency::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::builder().count_tenants(100).build();
+    /// assert!(layer.stats().tenants.is_empty());
+    /// ```
+    pub fn count_tenants(mut self, capacity: usize) -> Self {
+        let secret = self.config.tenants.and_then(|(_, secret)| secret);
+        self.config.tenants = Some((capacity, secret));
+        self
+    }
+
+    /// The secret tenant ids are keyed with: instances that should give a
+    /// credential the same id share it. Default: random per process. Turns
+    /// on [`count_tenants`](Self::count_tenants) (100 tenants) if it is off.
+    pub fn tenant_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        use sha2::{Digest, Sha256};
+        let secret: [u8; 32] = Sha256::digest(secret.as_ref()).into();
+        let capacity = self.config.tenants.map_or(100, |(capacity, _)| capacity);
+        self.config.tenants = Some((capacity, Some(secret)));
+        self
+    }
+
     /// Keys requests by their `Idempotency-Key` header (the IETF draft, and
     /// Stripe's behaviour): the key is the header's value, scoped by method,
     /// path and the vary headers; the payload's fingerprint is stored with

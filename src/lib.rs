@@ -208,10 +208,10 @@ pub use layer::IdempotencyLayer;
 pub use policy::{strip_hop_by_hop, StorePredicate, Successful};
 pub use service::Idempotency;
 pub use stats::{Bypassed, Hits, Money, Rejected, Stats, StoreHealth};
-pub use tenants::TenantStats;
 #[cfg(feature = "redis")]
 pub use store::redis::{
     EntryStats, FleetStats, RedisStore, RedisStoreBuilder, StoreError, TopEntry,
 };
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteError, SqliteStore, SqliteStoreBuilder};
+pub use tenants::TenantStats;

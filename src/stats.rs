@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::tenants::TenantStats;
+
 /// Live counters, shared by the layer and every service it made.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -89,6 +91,7 @@ impl Counters {
             } else {
                 answered as f64 / eligible as f64
             },
+            tenants: Vec::new(),
         }
     }
 }
@@ -170,6 +173,10 @@ pub struct Stats {
     pub wait_timeouts: u64,
     /// How the shared store fared.
     pub store: StoreHealth,
+    /// Per-tenant savings, most requests first, with
+    /// [`Builder::count_tenants`](crate::builder::Builder::count_tenants);
+    /// empty otherwise.
+    pub tenants: Vec<TenantStats>,
 }
 
 /// How the shared store (Redis) fared, as seen from this process.

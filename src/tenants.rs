@@ -226,7 +226,11 @@ mod tests {
         assert_eq!(id.to_string().len(), 16);
         assert!(!id.to_string().contains("alice"));
         assert_eq!(Some(id), a.identify(&alice), "stable under one secret");
-        assert_ne!(Some(id), b.identify(&alice), "not comparable across secrets");
+        assert_ne!(
+            Some(id),
+            b.identify(&alice),
+            "not comparable across secrets"
+        );
         assert_ne!(
             Some(id),
             a.identify(&headers("authorization", "Bearer sk-bob"))
@@ -291,6 +295,9 @@ mod tests {
         assert_eq!(snapshot[0].overcount, 0);
         // Zero, garbage and the maximum are all bounded.
         assert_eq!(Tenants::new(0, None).capacity, 1);
-        assert_eq!(Tenants::new(usize::MAX, None).capacity, Tenants::MAX_CAPACITY);
+        assert_eq!(
+            Tenants::new(usize::MAX, None).capacity,
+            Tenants::MAX_CAPACITY
+        );
     }
 }

@@ -259,6 +259,7 @@ async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
         }
         None => Value::Null,
     };
+    let stats = layer.stats();
     let (entries, weighed) = layer.l1_usage().await;
     let history = admin
         .history
@@ -266,13 +267,14 @@ async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
         .unwrap_or_else(PoisonError::into_inner)
         .slots();
     Json(json!({
-        "process": layer.stats(),
+        "process": &stats,
         "fleet": fleet,
         "l1": { "entries": entries, "weighed_bytes": weighed },
         "store": admin.store.name(),
         "history": history,
         "history_interval_ms": u64::try_from(admin.interval.as_millis()).unwrap_or(u64::MAX),
         "top_entries": admin.top_entries().await,
+        "tenants": stats.tenants,
     }))
 }
 

@@ -104,6 +104,18 @@ pub struct Args {
     #[arg(long)]
     pub control_headers: bool,
 
+    /// How many tenants to count savings for (by a keyed hash of their
+    /// credential, never the credential); 0 turns the count off. Shown in
+    /// /_idempotency/stats and on the dashboard.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub tenants: u32,
+
+    /// A file whose content keys the tenant ids, so that every gateway
+    /// sharing it (and a restart) gives a credential the same id. Default:
+    /// a random secret per process.
+    #[arg(long, value_name = "FILE")]
+    pub tenant_secret_file: Option<std::path::PathBuf>,
+
     /// Prices of a model, in USD per million tokens: MODEL=INPUT,OUTPUT or
     /// MODEL=INPUT,OUTPUT,CACHED_INPUT. A MODEL also prices the names it is
     /// a prefix of (gpt-4o prices gpt-4o-2024-08-06). Repeatable. Money

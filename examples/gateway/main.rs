@@ -143,6 +143,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
     for name in &args.vary_headers {
         builder = builder.vary_header(name.clone());
     }
+    if args.tenants > 0 {
+        builder = builder.count_tenants(args.tenants as usize);
+        if let Some(path) = &args.tenant_secret_file {
+            let secret = std::fs::read(path).map_err(|error| {
+                format!(
+                    "cannot read --tenant-secret-file {}: {error}",
+                    path.display()
+                )
+            })?;
+            if secret.is_empty() {
+                return Err(format!("--tenant-secret-file {} is empty", path.display()).into());
+            }
+            builder = builder.tenant_secret(secret);
+        }
+    }
     if let Some(prices) = args.price_table() {
         builder = builder.prices(prices);
     }

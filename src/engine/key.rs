@@ -15,6 +15,7 @@ use crate::{
     key::Key,
     policy::control,
     record::Record,
+    tenants::TenantId,
 };
 
 /// One request's identity and storage terms.
@@ -27,6 +28,8 @@ pub(crate) struct Job {
     /// In `Idempotency-Key` mode: the payload's content key.
     pub(super) fingerprint: Option<Key>,
     pub(super) refresh: bool,
+    /// Whose request this is, when tenants are counted.
+    pub(super) tenant: Option<TenantId>,
 }
 
 impl Engine {

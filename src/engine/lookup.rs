@@ -74,6 +74,7 @@ impl Engine {
                         Joined::Replay(_) | Joined::Alone => return self.alone(pending).await,
                         Joined::Live(head, reader, settled) => {
                             self.observe(Outcome::Coalesced { live: true });
+                            self.count_tenant_saved(job, settled.as_ref().map(|(meta, _)| &**meta));
                             if let Some((meta, bytes)) = settled {
                                 self.count_savings(&meta, bytes, 1);
                             }

@@ -56,6 +56,7 @@ use crate::{
     policy::{self, control, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
     stats::{Counters, Stats},
     store::{Backend, MemoryStore, L2},
+    tenants::Tenants,
 };
 
 /// Everything fixed when the layer is built.
@@ -84,6 +85,8 @@ pub(crate) struct Config {
     pub(crate) ai: ai::Settings,
     /// The L2, if any: Redis or a SQLite file.
     pub(crate) l2: Backend,
+    /// Per-tenant counting: the table's capacity and its secret, if set.
+    pub(crate) tenants: Option<(usize, Option<[u8; 32]>)>,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             max_key_len: idempotency_key::DEFAULT_MAX_LEN,
             ai: ai::Settings::default(),
             l2: Backend::None,
+            tenants: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub(crate) struct Engine {
     ns: String,
     flights: Arc<Flights>,
     pub(crate) counters: Counters,
+    /// Per-tenant savings, when counted.
+    tenants: Option<Tenants>,
 }
 
 impl Engine {
@@ -132,12 +138,19 @@ impl Engine {
             l2,
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
             counters: Counters::default(),
+            tenants: config
+                .tenants
+                .map(|(capacity, secret)| Tenants::new(capacity, secret)),
             config,
         }
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.l2.health())
+        let mut stats = self.counters.snapshot(self.l2.health());
+        if let Some(tenants) = &self.tenants {
+            stats.tenants = tenants.snapshot();
+        }
+        stats
     }
 
     pub(crate) fn l1(&self) -> &MemoryStore {
@@ -261,6 +274,10 @@ impl Engine {
             ttl,
             fingerprint,
             refresh: plan.refresh,
+            tenant: self
+                .tenants
+                .as_ref()
+                .and_then(|tenants| tenants.identify(&parts.headers)),
         };
 
         // L1, the flight map, L2, and upstream if nothing answers.

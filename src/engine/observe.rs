@@ -6,8 +6,11 @@
 
 use std::{sync::atomic::AtomicU64, time::Duration};
 
+use super::key::Job;
 use super::{ai, Engine};
-use crate::{error::ErrorKind, record::Meta, stats::Counters, store::FleetCounter, telemetry};
+use crate::{
+    error::ErrorKind, record::Meta, stats::Counters, store::FleetCounter, telemetry, tenants::Tally,
+};
 
 /// How the engine answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +158,30 @@ impl Engine {
         Counters::add(&self.counters.tokens_saved, tokens);
         Counters::add(&self.counters.micro_dollars_saved, micro_dollars);
         telemetry::saved(bytes, tokens, micro_dollars);
+    }
+
+    /// Counts a request of `job`'s tenant, when tenants are counted.
+    pub(super) fn count_tenant(&self, job: &Job, tally: Tally) {
+        if let (Some(tenants), Some(tenant)) = (&self.tenants, job.tenant) {
+            tenants.count(tenant, tally);
+        }
+    }
+
+    /// Counts a call `job`'s tenant did not pay for, and what it saved when
+    /// the answer's usage is known (`info`; a live follower that joined
+    /// before the leader's body ended is credited the call only).
+    pub(super) fn count_tenant_saved(&self, job: &Job, info: Option<&Meta>) {
+        if self.tenants.is_none() || job.tenant.is_none() {
+            return;
+        }
+        let (tokens, micro_dollars) = info.map_or((0, 0), |info| ai::cost(&self.config.ai, info));
+        self.count_tenant(
+            job,
+            Tally::Saved {
+                tokens,
+                micro_dollars,
+            },
+        );
     }
 
     fn count_upstream_call(&self) {

@@ -36,6 +36,7 @@ impl Engine {
             self.l2.count_l1_hit(&job.ns, &job.key);
         }
         self.count_savings(&record.info, record.body.len() as u64, 1);
+        self.count_tenant_saved(job, Some(&record.info));
         self.replay(record)
     }
 

@@ -25,6 +25,7 @@ use crate::{
     error::{BoxError, Error, ErrorKind},
     flight::{Head, Leader, Reader},
     store::{Lease, Renewal},
+    tenants::Tally,
 };
 
 /// One upstream call: the ready inner service of a Tower stack, or the rest
@@ -127,6 +128,7 @@ impl Engine {
         } else {
             Outcome::Miss
         });
+        self.count_tenant(&job, Tally::Upstream);
         let renewal = lease
             .as_ref()
             .and_then(|lease| self.l2.keep_alive(&job.ns, &job.key, lease));

@@ -19,4 +19,5 @@ mod replay;
 mod review;
 #[cfg(feature = "redis")]
 mod shared_store;
+mod tenants;
 mod trust;

@@ -320,3 +320,76 @@ async fn health_without_a_shared_store() {
     assert_eq!(stats["store"], "memory");
     assert_eq!(upstream.calls.get(), 0);
 }
+
+/// Sends the same prompt as `credential`'s tenant.
+async fn ask_as(gateway: &Gateway, credential: &str) {
+    let mut request = post_json(
+        &gateway.url("/v1/chat/completions"),
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    request.headers_mut().insert(
+        "authorization",
+        http::HeaderValue::from_str(&format!("Bearer {credential}")).unwrap(),
+    );
+    assert_eq!(send(request).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_counted_under_a_keyed_hash_shared_through_a_secret_file() {
+    let upstream = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("tenant-secret");
+    std::fs::write(&secret, "fleet secret").unwrap();
+    let start = || {
+        Gateway::start(&[
+            "--upstream",
+            &upstream.url(),
+            "--tenants",
+            "2",
+            "--tenant-secret-file",
+            secret.to_str().unwrap(),
+        ])
+    };
+    let gateway = start();
+    for _ in 0..3 {
+        ask_as(&gateway, "sk-alice").await;
+    }
+    ask_as(&gateway, "sk-bob").await;
+    // A third tenant in a table of two takes the lightest one's place.
+    ask_as(&gateway, "sk-carol").await;
+    let stats = gateway.stats().await;
+    let tenants = stats["tenants"].as_array().unwrap().clone();
+    assert_eq!(tenants.len(), 2, "{stats}");
+    assert_eq!(tenants[0]["requests"], 3);
+    assert_eq!(tenants[0]["calls_saved"], 3 - 1);
+    assert_eq!(tenants[1]["overcount"], 1, "carol inherited bob's count");
+    assert!(!stats.to_string().contains("sk-"), "{stats}");
+    let alice = tenants[0]["tenant"].as_str().unwrap().to_owned();
+    assert_eq!(alice.len(), 16);
+
+    // Another gateway with the same secret names alice alike.
+    let other = start();
+    ask_as(&other, "sk-alice").await;
+    assert_eq!(other.stats().await["tenants"][0]["tenant"], alice.as_str());
+    assert_eq!(upstream.calls.get(), 4);
+}
+
+#[test]
+fn the_tenant_flags_are_checked_and_documented() {
+    let (status, help) = start_refused(&["--help"]);
+    assert!(status.success());
+    for text in ["--tenants", "--tenant-secret-file", "[default: 100]"] {
+        assert!(help.contains(text), "{text} missing from:\n{help}");
+    }
+    let (status, output) =
+        start_refused(&["--upstream", "http://127.0.0.1:1", "--tenants", "100001"]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    let (status, output) = start_refused(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tenant-secret-file",
+        "/no/such/file",
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("--tenant-secret-file"), "{output}");
+}
