@@ -266,7 +266,9 @@ impl Builder {
     /// request goes on: `x-idempotency-bypass: true` (pass through untouched),
     /// `x-idempotency-refresh: true` (skip the look-up, store the fresh
     /// answer), `x-idempotency-ttl: <seconds>` and
-    /// `x-idempotency-namespace: <name>`, and `x-idempotency-explain: true`
+    /// `x-idempotency-namespace: <name>`, `x-idempotency-bucket: <n>` (keep
+    /// up to n answers for this request, like
+    /// `SamplingPolicy::Bucket`), and `x-idempotency-explain: true`
     /// (the response gets a header of that name listing what went into the
     /// key: method, authority, path, the query's names, the names of the
     /// vary headers sent, how the body was read, the namespace and the key's
@@ -474,6 +476,20 @@ pub enum SamplingPolicy {
     /// Cache them only this long, enough to absorb retries and double-clicks
     /// but not an intentional re-ask a minute later.
     RetryWindow(Duration),
+    /// Keep up to this many answers per request: the first `n` such requests
+    /// each call upstream and are all stored; later repeats get one of the
+    /// `n` at random. Through Redis, the count is shared by every instance;
+    /// concurrent duplicates still share a call while the buckets fill.
+    /// `n` is clamped to 1..=[`MAX_BUCKETS`](Self::MAX_BUCKETS). Per request,
+    /// `x-idempotency-bucket: <n>` asks the same (with
+    /// [`Builder::control_headers`]).
+    Bucket(u32),
+}
+
+#[cfg(feature = "ai")]
+impl SamplingPolicy {
+    /// The most answers [`Bucket`](Self::Bucket) keeps per request.
+    pub const MAX_BUCKETS: u32 = crate::engine::MAX_BUCKETS;
 }
 
 #[cfg(test)]

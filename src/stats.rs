@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     pub(crate) hits_l1: AtomicU64,
     pub(crate) hits_l2: AtomicU64,
     pub(crate) wait_timeouts: AtomicU64,
+    pub(crate) bucket_hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) refreshes: AtomicU64,
@@ -81,6 +82,7 @@ impl Counters {
             },
             calls_saved: answered,
             wait_timeouts: get(&self.wait_timeouts),
+            bucket_hits: get(&self.bucket_hits),
             store: StoreHealth {
                 errors: store.0,
                 skipped: store.1,
@@ -171,6 +173,11 @@ pub struct Stats {
     pub hit_rate: f64,
     /// Waits for another instance's call that ran past the wait deadline.
     pub wait_timeouts: u64,
+    /// Requests answered from one of their sample buckets picked at random,
+    /// all of them being filled
+    /// ([`SamplingPolicy::Bucket`](crate::builder::SamplingPolicy), or the
+    /// bucket control header). Also counted among the hits or coalesced.
+    pub bucket_hits: u64,
     /// How the shared store fared.
     pub store: StoreHealth,
     /// Per-tenant savings, most requests first, with

@@ -5,7 +5,10 @@ use std::{ffi::OsString, path::PathBuf, process, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
-use tower_idempotency::ai::{ModelPrice, PriceTable};
+use tower_idempotency::{
+    ai::{ModelPrice, PriceTable},
+    SamplingPolicy,
+};
 
 use crate::proxy::{parse_upstream, UpstreamBase};
 
@@ -103,6 +106,14 @@ pub struct Args {
     /// every caller is trusted with the shared cache.
     #[arg(long)]
     pub control_headers: bool,
+
+    /// What to do with sampled requests (`temperature > 0`, or none, and no
+    /// `seed`): `cache` (one answer, like any other), `skip` (never cached),
+    /// `window:SECONDS` (cached that long, for retries), `bucket:N` (up to N
+    /// answers: the first N requests each call upstream, later repeats get
+    /// one of them at random; shared through Redis).
+    #[arg(long, value_name = "POLICY", default_value = "cache", value_parser = parse_sampling)]
+    pub sampling: Sampling,
 
     /// How many tenants to count savings for (by a keyed hash of their
     /// credential, never the credential); 0 turns the count off. Shown in
@@ -312,6 +323,37 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 /// Whole seconds, 1 to a year.
+/// The `--sampling` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    Cache,
+    Policy(SamplingPolicy),
+}
+
+fn parse_sampling(text: &str) -> Result<Sampling, String> {
+    let text = text.trim();
+    match text.split_once(':') {
+        None if text == "cache" => Ok(Sampling::Cache),
+        None if text == "skip" => Ok(Sampling::Policy(SamplingPolicy::Skip)),
+        Some(("window", seconds)) => Ok(Sampling::Policy(SamplingPolicy::RetryWindow(parse_ttl(
+            seconds,
+        )?))),
+        Some(("bucket", count)) => {
+            let max = SamplingPolicy::MAX_BUCKETS;
+            let digits = !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit());
+            match count.parse::<u32>() {
+                Ok(n) if digits && (1..=max).contains(&n) => {
+                    Ok(Sampling::Policy(SamplingPolicy::Bucket(n)))
+                }
+                _ => Err(format!("bucket:N needs N from 1 to {max}, not `{count}`")),
+            }
+        }
+        _ => Err(format!(
+            "`{text}` is not one of cache, skip, window:SECONDS, bucket:N"
+        )),
+    }
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let seconds: u64 = text
         .trim()
@@ -459,6 +501,43 @@ fn parse_price(text: &str) -> Result<(String, ModelPrice), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_policies() {
+        assert_eq!(parse_sampling("cache"), Ok(Sampling::Cache));
+        assert_eq!(
+            parse_sampling("skip"),
+            Ok(Sampling::Policy(SamplingPolicy::Skip))
+        );
+        assert_eq!(
+            parse_sampling("window:30"),
+            Ok(Sampling::Policy(SamplingPolicy::RetryWindow(
+                Duration::from_secs(30)
+            )))
+        );
+        assert_eq!(
+            parse_sampling("bucket:3"),
+            Ok(Sampling::Policy(SamplingPolicy::Bucket(3)))
+        );
+        assert_eq!(
+            parse_sampling("bucket:1000"),
+            Ok(Sampling::Policy(SamplingPolicy::Bucket(1000)))
+        );
+        for bad in [
+            "bucket:0",
+            "bucket:1001",
+            "bucket:+3",
+            "bucket:",
+            "bucket:x",
+            "window:0",
+            "window:-1",
+            "often",
+            "",
+            "bucket",
+        ] {
+            assert!(parse_sampling(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn timeouts() {

@@ -143,6 +143,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     for name in &args.vary_headers {
         builder = builder.vary_header(name.clone());
     }
+    if let args::Sampling::Policy(policy) = args.sampling {
+        builder = builder.sampling_policy(policy);
+    }
     if args.tenants > 0 {
         builder = builder.count_tenants(args.tenants as usize);
         if let Some(path) = &args.tenant_secret_file {

@@ -31,22 +31,24 @@ mod enabled {
         pub(crate) sampling: Option<SamplingPolicy>,
     }
 
-    /// The TTL of a request's answer under the sampling policy, or `None`
-    /// when the policy skips the request.
-    pub(in crate::engine) fn sampled_ttl(
+    /// The TTL of a request's answer under the sampling policy, and how many
+    /// answers to keep for it (`None`: one); `None` when the policy skips
+    /// the request.
+    pub(in crate::engine) fn sampled(
         settings: &Settings,
         body: &[u8],
         ttl: Duration,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, Option<u32>)> {
         let Some(policy) = settings.sampling else {
-            return Some(ttl);
+            return Some((ttl, None));
         };
         if ai::sampling(body) != Sampling::Nondeterministic {
-            return Some(ttl);
+            return Some((ttl, None));
         }
         match policy {
             SamplingPolicy::Skip => None,
-            SamplingPolicy::RetryWindow(window) => Some(ttl.min(window)),
+            SamplingPolicy::RetryWindow(window) => Some((ttl.min(window), None)),
+            SamplingPolicy::Bucket(n) => Some((ttl, Some(n))),
         }
     }
 
@@ -140,12 +142,12 @@ mod disabled {
     #[derive(Clone, Default)]
     pub(crate) struct Settings;
 
-    pub(in crate::engine) fn sampled_ttl(
+    pub(in crate::engine) fn sampled(
         _: &Settings,
         _: &[u8],
         ttl: Duration,
-    ) -> Option<Duration> {
-        Some(ttl)
+    ) -> Option<(Duration, Option<u32>)> {
+        Some((ttl, None))
     }
 
     pub(in crate::engine) fn request_model(_: &[u8]) -> Option<String> {

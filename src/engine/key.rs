@@ -30,6 +30,9 @@ pub(crate) struct Job {
     pub(super) refresh: bool,
     /// Whose request this is, when tenants are counted.
     pub(super) tenant: Option<TenantId>,
+    /// Sent to a sample bucket picked at random, all of them being filled:
+    /// its answer counts as a bucket hit.
+    pub(super) bucketed: bool,
 }
 
 impl Engine {

@@ -75,6 +75,7 @@ impl Engine {
                         Joined::Live(head, reader, settled) => {
                             self.observe(Outcome::Coalesced { live: true });
                             self.count_tenant_saved(job, settled.as_ref().map(|(meta, _)| &**meta));
+                            self.count_bucket_hit(job);
                             if let Some((meta, bytes)) = settled {
                                 self.count_savings(&meta, bytes, 1);
                             }

@@ -26,6 +26,7 @@
 //! | what the `ai` feature adds | `ai.rs` |
 
 mod ai;
+mod buckets;
 mod key;
 mod lookup;
 mod observe;
@@ -40,6 +41,7 @@ use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body::Body;
 use tracing::Instrument;
 
+pub(crate) use self::buckets::MAX_BUCKETS;
 pub(crate) use self::upstream::{Answer, Lead, Upstream};
 use self::{
     key::Job,
@@ -126,6 +128,8 @@ pub(crate) struct Engine {
     pub(crate) counters: Counters,
     /// Per-tenant savings, when counted.
     tenants: Option<Tenants>,
+    /// The local counts of sample buckets.
+    buckets: buckets::Buckets,
 }
 
 impl Engine {
@@ -138,6 +142,7 @@ impl Engine {
             l2,
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
             counters: Counters::default(),
+            buckets: buckets::Buckets::default(),
             tenants: config
                 .tenants
                 .map(|(capacity, secret)| Tenants::new(capacity, secret)),
@@ -239,7 +244,7 @@ impl Engine {
 
         // Storage terms: the plan's TTL, bounded by the sampling policy.
         let ttl = plan.ttl.unwrap_or(self.config.ttl);
-        let Some(ttl) = ai::sampled_ttl(&self.config.ai, &body, ttl) else {
+        let Some((ttl, sampled_buckets)) = ai::sampled(&self.config.ai, &body, ttl) else {
             let request = Request::from_parts(parts, RequestBody::buffered(body));
             return self.forward(upstream, request, Bypass::Sampling).await;
         };
@@ -268,7 +273,7 @@ impl Engine {
                     .explain(namespace, &parts, &body, fingerprint.is_some(), &key);
             HeaderValue::try_from(explained).ok()
         });
-        let job = Job {
+        let mut job = Job {
             key,
             ns,
             ttl,
@@ -278,7 +283,16 @@ impl Engine {
                 .tenants
                 .as_ref()
                 .and_then(|tenants| tenants.identify(&parts.headers)),
+            bucketed: false,
         };
+        // Sample buckets: a key of its own per bucket. Not in
+        // `Idempotency-Key` mode, where a key names one answer.
+        if let Some(n) = plan.buckets.or(sampled_buckets) {
+            if job.fingerprint.is_none() {
+                self.pick_bucket(&mut job, n).await;
+            }
+        }
+        let key = job.key;
 
         // L1, the flight map, L2, and upstream if nothing answers.
         let pending = Pending {

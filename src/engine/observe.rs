@@ -160,6 +160,13 @@ impl Engine {
         telemetry::saved(bytes, tokens, micro_dollars);
     }
 
+    /// Counts an answer from a sample bucket picked at random.
+    pub(super) fn count_bucket_hit(&self, job: &Job) {
+        if job.bucketed {
+            Counters::inc(&self.counters.bucket_hits);
+        }
+    }
+
     /// Counts a request of `job`'s tenant, when tenants are counted.
     pub(super) fn count_tenant(&self, job: &Job, tally: Tally) {
         if let (Some(tenants), Some(tenant)) = (&self.tenants, job.tenant) {

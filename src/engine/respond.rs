@@ -37,6 +37,7 @@ impl Engine {
         }
         self.count_savings(&record.info, record.body.len() as u64, 1);
         self.count_tenant_saved(job, Some(&record.info));
+        self.count_bucket_hit(job);
         self.replay(record)
     }
 

@@ -36,6 +36,7 @@ const FORMAT_VERSION: u8 = 2;
 const KIND_CONTENT: u8 = 0;
 const KIND_CUSTOM: u8 = 1;
 const KIND_HEADER: u8 = 2;
+const KIND_BUCKET: u8 = 3;
 
 const BODY_RAW: u8 = 0;
 const BODY_JSON: u8 = 1;
@@ -92,6 +93,15 @@ impl Key {
     /// Lower-case hexadecimal, 64 characters.
     pub fn to_hex(&self) -> String {
         self.to_string()
+    }
+
+    /// The key of sample bucket `bucket` of this key.
+    pub(crate) fn bucket(&self, bucket: u64) -> Key {
+        let mut hasher = Sha256::new();
+        hasher.put(&[FORMAT_VERSION, KIND_BUCKET]);
+        hasher.put(&self.0);
+        hasher.put(&bucket.to_be_bytes());
+        Key(hasher.finalize().into())
     }
 
     /// Parses 64 hexadecimal characters.

@@ -29,6 +29,8 @@ pub(crate) mod control {
     /// `true`: the response names what went into the key, in a header of the
     /// same name.
     pub(crate) const EXPLAIN: HeaderName = HeaderName::from_static("x-idempotency-explain");
+    /// Keep up to this many answers for this request (sample buckets).
+    pub(crate) const BUCKET: HeaderName = HeaderName::from_static("x-idempotency-bucket");
 }
 
 /// Why a request skips the engine, decided from its head alone.
@@ -52,6 +54,8 @@ pub(crate) struct Plan {
     /// Name what went into the key in the response (the explain control
     /// header).
     pub(crate) explain: bool,
+    /// Keep up to this many answers (the bucket control header).
+    pub(crate) buckets: Option<u32>,
 }
 
 /// The head's verdict.
@@ -148,6 +152,19 @@ fn take_controls(
             ));
         }
         plan.ttl = Some(ttl);
+    }
+    if let Some(buckets) = take(headers, &control::BUCKET)? {
+        let max = crate::engine::MAX_BUCKETS;
+        let n: u32 = match buckets.parse() {
+            Ok(n) if (1..=max).contains(&n) && buckets.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidControl,
+                    format!("{} must be a whole number from 1 to {max}", control::BUCKET),
+                ))
+            }
+        };
+        plan.buckets = Some(n);
     }
     if let Some(namespace) = take(headers, &control::NAMESPACE)? {
         plan.namespace = Some(namespace);

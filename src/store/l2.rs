@@ -178,6 +178,17 @@ impl L2 {
         }
     }
 
+    /// The count of `key`'s requests for sample buckets, when the store
+    /// keeps one for every instance (Redis); `None` otherwise.
+    pub(crate) async fn bucket_count(&self, ns: &str, key: &Key, ttl: Duration) -> Option<u64> {
+        let _ = (ns, key, ttl);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.bucket_count(ns, key, ttl).await,
+            _ => None,
+        }
+    }
+
     pub(crate) fn count(&self, counter: FleetCounter, n: u64) {
         let _ = (counter, n);
         #[cfg(feature = "redis")]

@@ -216,3 +216,37 @@ async fn sampling_policy_retry_window_keeps_nondeterministic_answers_briefly() {
     fetch(&service, chat("/", exact)).await;
     assert_eq!(calls.get(), 3);
 }
+
+#[tokio::test]
+async fn sampling_policy_bucket_keeps_n_answers_for_sampled_requests_only() {
+    let (inner, calls) = numbered();
+    let layer = IdempotencyLayer::builder()
+        .sampling_policy(SamplingPolicy::Bucket(3))
+        .build();
+    let service = layer.layer(inner);
+    let creative = r#"{"model":"m","temperature":0.9,"messages":[]}"#;
+    let mut bodies = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        bodies.insert(fetch(&service, chat("/", creative)).await.body);
+    }
+    assert_eq!(calls.get(), 3, "three answers kept");
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(layer.stats().bucket_hits, 27);
+
+    // A deterministic request has one answer.
+    let exact = r#"{"model":"m","temperature":0,"messages":[]}"#;
+    for _ in 0..5 {
+        fetch(&service, chat("/", exact)).await;
+    }
+    assert_eq!(calls.get(), 4);
+    // Zero is clamped to one bucket: one answer.
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .sampling_policy(SamplingPolicy::Bucket(0))
+        .build()
+        .layer(inner);
+    for _ in 0..5 {
+        fetch(&service, chat("/", creative)).await;
+    }
+    assert_eq!(calls.get(), 1);
+}

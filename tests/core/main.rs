@@ -5,6 +5,7 @@
 mod support;
 
 mod bodies;
+mod buckets;
 mod budget;
 mod coalescing;
 mod controls;

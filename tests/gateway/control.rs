@@ -229,3 +229,36 @@ async fn explain_says_why_two_tenants_do_not_share_an_entry() {
     assert_eq!(upstream.calls.get(), 2);
     assert_no_control_headers(&upstream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_fill_three_buckets_then_get_one_of_them() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--sampling", "bucket:3"]);
+    let creative = r#"{"model":"gpt-4o-mini","temperature":0.9,"messages":[]}"#;
+    let mut calls = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let answer = send(
+            Request::post(gateway.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(creative.as_bytes())))
+                .unwrap(),
+        )
+        .await;
+        calls.insert(call_of(&answer));
+    }
+    assert_eq!(calls.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(upstream.calls.get(), 3);
+    assert_eq!(gateway.stats().await["process"]["bucket_hits"], 27);
+    // A deterministic request keeps one answer.
+    let exact = r#"{"model":"gpt-4o-mini","temperature":0,"messages":[]}"#;
+    for _ in 0..2 {
+        send(
+            Request::post(gateway.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(exact.as_bytes())))
+                .unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(upstream.calls.get(), 4);
+}

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod buckets;
 mod cluster;
 mod faults;
 mod key_header;

@@ -23,6 +23,7 @@
 
 mod admin;
 mod breaker;
+mod buckets;
 mod builder;
 mod cluster;
 mod connection;
