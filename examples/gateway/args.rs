@@ -110,9 +110,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub tenants: u32,
 
-    /// A file whose content keys the tenant ids, so that every gateway
-    /// sharing it (and a restart) gives a credential the same id. Default:
-    /// a random secret per process.
+    /// A file whose content (1 byte to 64 KiB, read as is) keys the tenant
+    /// ids, so that every gateway sharing it (and a restart) gives a
+    /// credential the same id. Keep it readable by the gateway only: with
+    /// it, a short credential's id can be matched by trying candidates.
+    /// Default: a random secret per process.
     #[arg(long, value_name = "FILE")]
     pub tenant_secret_file: Option<std::path::PathBuf>,
 

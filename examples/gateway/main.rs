@@ -64,6 +64,9 @@ use crate::{
 /// anything else under `/_idempotency/`, see [`admin`]).
 const STATS_PATH: &str = "/_idempotency/stats";
 
+/// The largest `--tenant-secret-file` read: a secret, not a data file.
+const MAX_TENANT_SECRET: u64 = 64 * 1024;
+
 /// How long, after the last connection closed, the gateway waits for upstream
 /// calls whose callers went away (they complete, and are stored, because they
 /// have been paid for).
@@ -146,16 +149,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     if args.tenants > 0 {
         builder = builder.count_tenants(args.tenants as usize);
         if let Some(path) = &args.tenant_secret_file {
-            let secret = std::fs::read(path).map_err(|error| {
-                format!(
-                    "cannot read --tenant-secret-file {}: {error}",
-                    path.display()
-                )
-            })?;
-            if secret.is_empty() {
-                return Err(format!("--tenant-secret-file {} is empty", path.display()).into());
-            }
-            builder = builder.tenant_secret(secret);
+            builder = builder.tenant_secret(read_tenant_secret(path)?);
         }
     }
     if let Some(prices) = args.price_table() {
@@ -255,6 +249,35 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The content of `--tenant-secret-file`: not empty, and read only up to
+/// [`MAX_TENANT_SECRET`] bytes, so that a device or a huge file given by
+/// mistake (`/dev/zero`) is refused rather than read until memory runs out.
+fn read_tenant_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+
+    let cannot = |error: std::io::Error| {
+        format!(
+            "cannot read --tenant-secret-file {}: {error}",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut secret = Vec::new();
+    file.take(MAX_TENANT_SECRET + 1)
+        .read_to_end(&mut secret)
+        .map_err(cannot)?;
+    if secret.is_empty() {
+        return Err(format!("--tenant-secret-file {} is empty", path.display()));
+    }
+    if secret.len() as u64 > MAX_TENANT_SECRET {
+        return Err(format!(
+            "--tenant-secret-file {} is larger than {MAX_TENANT_SECRET} bytes",
+            path.display()
+        ));
+    }
+    Ok(secret)
 }
 
 /// Installs the SIGTERM and Ctrl-C handlers now, so that a signal arriving

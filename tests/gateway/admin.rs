@@ -393,3 +393,31 @@ fn the_tenant_flags_are_checked_and_documented() {
     assert!(!status.success(), "{output}");
     assert!(output.contains("--tenant-secret-file"), "{output}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_tenant_secret_file_that_never_ends_is_refused() {
+    // A device, or a huge file named by mistake, is refused at once rather
+    // than read until memory runs out.
+    let (status, output) = start_refused(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tenant-secret-file",
+        "/dev/zero",
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("--tenant-secret-file"), "{output}");
+    assert!(output.contains("larger than"), "{output}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let (status, output) = start_refused(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tenant-secret-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("is empty"), "{output}");
+}
