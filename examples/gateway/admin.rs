@@ -11,7 +11,10 @@
 //!   shared store answers and its circuit breaker's state.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,7 @@ use axum::{
     Json, Router,
 };
 use serde_json::{json, Value};
-use tokio::time::MissedTickBehavior;
+use tokio::{sync::watch, time::MissedTickBehavior};
 use tower_idempotency::IdempotencyLayer;
 
 use crate::history::{now_millis, History};
@@ -35,6 +38,17 @@ const TOP_ENTRIES: usize = 10;
 /// The most replayed entries are looked up at most this often: with Redis
 /// it is a scan of the namespace's keys.
 const TOP_EVERY: Duration = Duration::from_secs(5);
+/// A look-up that took this long is not started again before this many
+/// times as long has passed: a namespace of many entries costs the shared
+/// store a bounded share of its time, however often the stats are asked.
+const TOP_PAUSE_FACTOR: u32 = 10;
+/// How long a stats request waits for a look-up in progress before it
+/// answers with the previous list (`null` if there was none yet).
+const TOP_WAIT: Duration = Duration::from_secs(1);
+
+/// The last "most replayed" list: when it was read, how long reading it
+/// took, and the list.
+type TopRead = Option<(Instant, Duration, Value)>;
 
 /// Which shared store the layer uses, for the health answer and the page.
 #[derive(Debug, Clone)]
@@ -68,8 +82,11 @@ pub struct Admin {
     history: Mutex<History>,
     interval: Duration,
     started: Instant,
-    /// The last "most replayed" list and when it was read.
-    top: tokio::sync::Mutex<Option<(Instant, Value)>>,
+    /// The last "most replayed" list. It is read by a task of its own, one
+    /// at a time, so that no request waits on a long scan of the store.
+    top: watch::Sender<TopRead>,
+    /// Whether that task is running.
+    top_reading: AtomicBool,
     #[cfg(feature = "metrics")]
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -95,7 +112,8 @@ impl Admin {
             store,
             interval,
             started: Instant::now(),
-            top: tokio::sync::Mutex::new(None),
+            top: watch::Sender::new(None),
+            top_reading: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             prometheus: install_prometheus(),
         })
@@ -140,23 +158,42 @@ impl Admin {
             .with_state(self)
     }
 
-    /// The most replayed entries of the shared store, read at most every
-    /// [`TOP_EVERY`]; `null` when the store keeps no such counts.
-    async fn top_entries(&self) -> Value {
-        let mut cached = self.top.lock().await;
-        if let Some((at, top)) = &*cached {
-            if at.elapsed() < TOP_EVERY {
-                return top.clone();
+    /// The most replayed entries of the shared store; `null` when the store
+    /// keeps no such counts. A list older than [`TOP_EVERY`] (or, after a
+    /// slow read, [`TOP_PAUSE_FACTOR`] times that read) is read again in a
+    /// task of its own, which this request awaits for at most [`TOP_WAIT`]:
+    /// past it, the previous list is the answer.
+    async fn top_entries(self: &Arc<Self>) -> Value {
+        let mut read = self.top.subscribe();
+        let stale = match &*read.borrow_and_update() {
+            Some((at, took, _)) => at.elapsed() >= TOP_EVERY.max(*took * TOP_PAUSE_FACTOR),
+            None => true,
+        };
+        if stale {
+            if !self.top_reading.swap(true, AcqRel) {
+                let admin = Arc::clone(self);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let top = admin.read_top().await;
+                    admin
+                        .top
+                        .send_replace(Some((Instant::now(), started.elapsed(), top)));
+                    admin.top_reading.store(false, Release);
+                });
             }
+            let _ = tokio::time::timeout(TOP_WAIT, read.changed()).await;
         }
-        let top = match &self.store {
+        let top = read.borrow();
+        top.as_ref().map_or(Value::Null, |(_, _, top)| top.clone())
+    }
+
+    async fn read_top(&self) -> Value {
+        match &self.store {
             StoreKind::Redis | StoreKind::RedisCluster => self.redis_top().await,
             #[cfg(feature = "sqlite")]
             StoreKind::Sqlite(path) => sqlite_top(path.clone()).await,
             _ => Value::Null,
-        };
-        *cached = Some((Instant::now(), top.clone()));
-        top
+        }
     }
 
     async fn redis_top(&self) -> Value {

@@ -421,3 +421,51 @@ fn a_tenant_secret_file_that_never_ends_is_refused() {
     assert!(!status.success(), "{output}");
     assert!(output.contains("is empty"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answer_while_a_large_namespace_is_read_for_the_most_replayed() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--redis", &redis.url()]);
+    let url = gateway.url("/v1/chat/completions");
+    send(post_json(&url, r#"{"q":1}"#)).await;
+    send(post_json(&url, r#"{"q":1}"#)).await;
+    // A hundred thousand entries beside the real one: reading them all
+    // takes seconds (one round trip per entry).
+    let keys = redis.cli(&["--scan"]);
+    let entry = keys
+        .lines()
+        .find(|name| name.ends_with('}'))
+        .expect("the entry is in redis");
+    let namespace = entry.rsplit_once('{').unwrap().0;
+    let script = "for i = 1, tonumber(ARGV[2]) do \
+        redis.call('HSET', ARGV[1] .. '{' .. string.format('%064x', i) .. '}', \
+        'hits', i % 7, 'created_at', 1, 'meta', '') end return 1";
+    assert_eq!(redis.cli(&["eval", script, "0", namespace, "100000"]), "1");
+
+    // Every stats request answers at once, whether the list is read yet or
+    // not, and so does the health check.
+    for _ in 0..3 {
+        let stats = tokio::time::timeout(Duration::from_secs(3), gateway.stats())
+            .await
+            .expect("the stats answer without waiting for the whole scan");
+        assert_eq!(stats["process"]["hits"]["l1"], 1, "{stats}");
+        tokio::time::timeout(Duration::from_secs(3), health(&gateway))
+            .await
+            .expect("the health check answers");
+    }
+    // The list arrives once it is read.
+    let (held, seen) = poll(
+        Duration::from_secs(120),
+        || gateway.stats(),
+        |seen| {
+            seen["top_entries"]
+                .as_array()
+                .is_some_and(|top| top.len() == 10)
+        },
+    )
+    .await;
+    assert!(held, "{}", seen["top_entries"]);
+    assert_eq!(seen["top_entries"][0]["hits"], 6, "{}", seen["top_entries"]);
+    assert_eq!(upstream.calls.get(), 1);
+}
