@@ -22,7 +22,7 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Json, Router,
 };
 use serde_json::{json, Value};
@@ -143,6 +143,16 @@ impl Admin {
                 }
             }
         });
+    }
+
+    /// The routes answered where the endpoints are not served (the proxy's
+    /// listener, with `--admin-listen`): 404 under `/_idempotency/`, which
+    /// stays the gateway's own namespace and is never forwarded.
+    pub fn elsewhere() -> Router {
+        Router::new()
+            .route("/_idempotency", any(served_elsewhere))
+            .route("/_idempotency/", any(served_elsewhere))
+            .route("/_idempotency/{*rest}", any(served_elsewhere))
     }
 
     /// The routes, with this state.
@@ -367,6 +377,13 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
         "store_health": stats.store,
         "in_flight": layer.in_flight(),
     }))
+}
+
+async fn served_elsewhere() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        "the gateway's endpoints are served on its admin address\n",
+    )
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -64,6 +64,9 @@ use crate::{
 /// anything else under `/_idempotency/`, see [`admin`]).
 const STATS_PATH: &str = "/_idempotency/stats";
 
+/// Connections the `--admin-listen` address serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// The largest `--tenant-secret-file` read: a secret, not a data file.
 const MAX_TENANT_SECRET: u64 = 64 * 1024;
 
@@ -206,10 +209,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
         })
         .layer(layer.clone())
         .service(proxy);
-    let app = admin
-        .router()
-        .fallback_service(forward)
-        .layer(middleware::from_fn(log_request));
+    // The gateway's own endpoints: beside the proxy, or on an address of
+    // their own.
+    let (app, admin_app) = match &args.admin_listen {
+        None => (admin.router().fallback_service(forward), None),
+        Some(_) => (
+            Admin::elsewhere().fallback_service(forward),
+            Some(admin.router().layer(middleware::from_fn(log_request))),
+        ),
+    };
+    let app = app.layer(middleware::from_fn(log_request));
 
     let limits = Limits {
         header_timeout: args.header_timeout,
@@ -231,15 +240,63 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr()?;
+    let admin_listener = match &args.admin_listen {
+        Some(admin_address) => Some(
+            tokio::net::TcpListener::bind(admin_address)
+                .await
+                .map_err(|error| format!("cannot listen on {admin_address}: {error}"))?,
+        ),
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     tracing::info!(%address, %upstream, max_connections, "gateway ready");
-    // The one line a supervisor (or a test) waits for.
+    // The one line a supervisor (or a test) waits for comes first.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {address}")?;
+    if let Some(admin_listener) = &admin_listener {
+        writeln!(
+            stdout,
+            "admin listening on {}",
+            admin_listener.local_addr()?
+        )?;
+    }
     stdout.flush()?;
     drop(stdout);
 
-    server::serve(listener, app, limits, max_connections, shutdown).await;
+    match (admin_listener, admin_app) {
+        (Some(admin_listener), Some(admin_app)) => {
+            // One signal stops both listeners.
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let admin_limits = Limits {
+                max_connections: ADMIN_CONNECTIONS,
+                ..limits
+            };
+            tokio::join!(
+                async {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                },
+                server::serve(
+                    listener,
+                    app,
+                    limits,
+                    max_connections,
+                    stopped(stopping.clone())
+                ),
+                server::serve(
+                    admin_listener,
+                    admin_app,
+                    admin_limits,
+                    ADMIN_CONNECTIONS,
+                    stopped(stopping),
+                ),
+            );
+        }
+        _ => server::serve(listener, app, limits, max_connections, shutdown).await,
+    }
 
     // Every connection is closed. Upstream calls whose callers went away run
     // in tasks of their own; give them a moment to finish and be stored.

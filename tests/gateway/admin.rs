@@ -469,3 +469,65 @@ async fn stats_answer_while_a_large_namespace_is_read_for_the_most_replayed() {
     assert_eq!(seen["top_entries"][0]["hits"], 6, "{}", seen["top_entries"]);
     assert_eq!(upstream.calls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_address_the_endpoints_are_served_there_only() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tenants",
+        "10",
+    ]);
+    let admin = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = gateway.stdout_lines();
+            if let Some(addr) = lines
+                .iter()
+                .find_map(|line| line.strip_prefix("admin listening on "))
+            {
+                break addr.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no admin address: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    ask_as(&gateway, "sk-alice").await;
+
+    // A caller of the proxy sees none of the endpoints, and nothing under
+    // the gateway's namespace is forwarded.
+    for path in [
+        "/_idempotency",
+        "/_idempotency/",
+        "/_idempotency/stats",
+        "/_idempotency/metrics",
+        "/_idempotency/health",
+    ] {
+        let answer = send(get(&gateway.url(path))).await;
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        let answer = send(post_json(&gateway.url(path), "{}")).await;
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+    }
+    // The admin address serves them, and proxies nothing.
+    let stats = send(get(&format!("http://{admin}/_idempotency/stats"))).await;
+    assert_eq!(stats.status, 200, "{stats:?}");
+    let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["tenants"].as_array().unwrap().len(), 1, "{stats}");
+    let page = send(get(&format!("http://{admin}/_idempotency/"))).await;
+    assert_eq!(page.status, 200);
+    let health = send(get(&format!("http://{admin}/_idempotency/health"))).await;
+    assert_eq!(health.status, 200);
+    let proxied = send(post_json(
+        &format!("http://{admin}/v1/chat/completions"),
+        "{}",
+    ))
+    .await;
+    assert_eq!(proxied.status, 404, "{proxied:?}");
+    assert_eq!(upstream.calls.get(), 1);
+}
