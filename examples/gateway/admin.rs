@@ -13,7 +13,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -281,16 +281,61 @@ async fn sqlite_top(path: std::path::PathBuf) -> Value {
     }
 }
 
-/// `GET /_idempotency/`: the dashboard.
+/// `GET /_idempotency/`: the dashboard, under a content security policy
+/// that lets only its own inline script run (by its hash), only fetch from
+/// this origin, and not be framed: a value it renders (a model name from an
+/// upstream's answer, say) is text, never markup, and the policy keeps it
+/// so should the page ever change.
 async fn dashboard() -> Response {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| content_security_policy(DASHBOARD));
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, policy.as_str()),
         ],
         DASHBOARD,
     )
         .into_response()
+}
+
+/// The policy for `page`: its one inline `<script>` allowed by hash.
+fn content_security_policy(page: &str) -> String {
+    use sha2::{Digest, Sha256};
+
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    format!(
+        "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; \
+         img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+        base64(&Sha256::digest(script.as_bytes()))
+    )
+}
+
+/// Standard base64, with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `GET /_idempotency/stats`: this process's counters, with Redis the
@@ -388,4 +433,35 @@ async fn served_elsewhere() -> impl IntoResponse {
 
 async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "no such gateway endpoint\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads_like_the_standard() {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"\xff\xfe\xfd", "//79"),
+        ] {
+            assert_eq!(base64(bytes), text);
+        }
+    }
+
+    #[test]
+    fn the_policy_allows_the_dashboard_script_by_its_hash() {
+        let policy = content_security_policy("<p><script>alert(1)</script>");
+        // printf 'alert(1)' | openssl dgst -sha256 -binary | base64
+        assert!(
+            policy.contains("script-src 'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"),
+            "{policy}"
+        );
+        assert!(policy.starts_with("default-src 'none';"));
+        assert!(!content_security_policy(DASHBOARD).contains("unsafe-eval"));
+    }
 }

@@ -531,3 +531,30 @@ async fn with_an_admin_address_the_endpoints_are_served_there_only() {
     assert_eq!(proxied.status, 404, "{proxied:?}");
     assert_eq!(upstream.calls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_runs_only_its_own_script_and_is_not_framed() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let answer = send(get(&gateway.url("/_idempotency/"))).await;
+    assert_eq!(answer.status, 200);
+    let policy = answer
+        .header("content-security-policy")
+        .expect("the dashboard has a content security policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive}: {policy}");
+    }
+    let scripts = policy
+        .split(';')
+        .find(|directive| directive.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!scripts.contains("unsafe"), "{policy}");
+    assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(upstream.calls.get(), 0);
+}
