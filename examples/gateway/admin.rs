@@ -46,6 +46,11 @@ const TOP_PAUSE_FACTOR: u32 = 10;
 /// answers with the previous list (`null` if there was none yet).
 const TOP_WAIT: Duration = Duration::from_secs(1);
 
+/// How often the Prometheus recorder's upkeep runs (its own exporter's
+/// default).
+#[cfg(feature = "metrics")]
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The last "most replayed" list: when it was read, how long reading it
 /// took, and the list.
 type TopRead = Option<(Instant, Duration, Value)>;
@@ -137,7 +142,28 @@ impl Admin {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .record(now_millis(), &stats);
-                #[cfg(feature = "metrics")]
+            }
+        });
+        #[cfg(feature = "metrics")]
+        self.spawn_upkeep();
+    }
+
+    /// Drains the Prometheus recorder's histogram samples into their
+    /// summaries every [`UPKEEP_EVERY`], whether or not anyone scrapes:
+    /// until then each upstream call's duration is kept as a sample, so
+    /// upkeep tied to `--history-interval` (up to a day) let them pile up.
+    #[cfg(feature = "metrics")]
+    fn spawn_upkeep(self: &Arc<Self>) {
+        if self.prometheus.is_none() {
+            return;
+        }
+        let admin = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(admin) = admin.upgrade() else { return };
                 if let Some(prometheus) = &admin.prometheus {
                     prometheus.run_upkeep();
                 }
