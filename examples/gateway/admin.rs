@@ -425,12 +425,14 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
     let redis = if admin.store.is_redis() {
         let skipped_before = layer.stats().store.skipped;
         let probe = layer.fleet_stats().await;
-        let skipped = layer.stats().store.skipped > skipped_before;
         let (reachable, error) = match probe {
             Some(Ok(_)) => (true, None),
             Some(Err(error)) => (false, Some(error.to_string())),
             None => (false, None),
         };
+        // A probe that reached Redis closed the breaker, whatever other
+        // requests were skipped while it ran.
+        let skipped = !reachable && layer.stats().store.skipped > skipped_before;
         json!({
             "reachable": reachable,
             "breaker": if skipped { "open" } else { "closed" },
