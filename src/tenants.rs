@@ -16,7 +16,7 @@
 //! at most its `overcount`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fmt,
     sync::{Mutex, PoisonError},
 };
@@ -35,7 +35,7 @@ const CREDENTIALS: [&str; 5] = [
 ];
 
 /// A tenant's id: a keyed hash of its credential.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TenantId([u8; 8]);
 
 impl fmt::Display for TenantId {
@@ -87,7 +87,17 @@ struct Counts {
 pub(crate) struct Tenants {
     secret: [u8; 32],
     capacity: usize,
-    table: Mutex<HashMap<TenantId, Counts>>,
+    table: Mutex<Table>,
+}
+
+/// The tenants' counts, and the same tenants ordered by requests, so that
+/// the lightest is found in `O(log n)` when a newcomer needs its place: a
+/// caller who sends every request under a fresh credential costs a few
+/// tree operations under the lock, not a walk over the whole table.
+#[derive(Default)]
+struct Table {
+    counts: HashMap<TenantId, Counts>,
+    by_requests: BTreeSet<(u64, TenantId)>,
 }
 
 /// What became of one tenant's request.
@@ -118,7 +128,7 @@ impl Tenants {
         Self {
             secret,
             capacity: capacity.clamp(1, Self::MAX_CAPACITY),
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -139,47 +149,56 @@ impl Tenants {
         Some(TenantId(id))
     }
 
-    /// Counts one request of `tenant`.
+    /// Counts one request of `tenant`. Every count saturates: the tokens
+    /// and money come from the upstream's answer, which may say anything.
     pub(crate) fn count(&self, tenant: TenantId, tally: Tally) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if !table.contains_key(&tenant) && table.len() >= self.capacity {
-            // Space-saving: the newcomer replaces the lightest tenant and
-            // starts from its count, which bounds its error.
-            let lightest = table
-                .iter()
-                .min_by_key(|(_, counts)| counts.requests)
-                .map(|(id, counts)| (*id, counts.requests));
-            if let Some((id, requests)) = lightest {
-                table.remove(&id);
-                table.insert(
-                    tenant,
+        let Table {
+            counts,
+            by_requests,
+        } = &mut *table;
+        let mut entry = match counts.remove(&tenant) {
+            Some(entry) => {
+                by_requests.remove(&(entry.requests, tenant));
+                entry
+            }
+            // Space-saving: when the table is full the newcomer replaces
+            // the lightest tenant and starts from its count, which bounds
+            // its error.
+            None if counts.len() >= self.capacity => match by_requests.pop_first() {
+                Some((requests, lightest)) => {
+                    counts.remove(&lightest);
                     Counts {
                         requests,
                         overcount: requests,
                         ..Counts::default()
-                    },
-                );
-            }
-        }
-        let counts = table.entry(tenant).or_default();
-        counts.requests += 1;
+                    }
+                }
+                None => Counts::default(),
+            },
+            None => Counts::default(),
+        };
+        entry.requests = entry.requests.saturating_add(1);
         match tally {
-            Tally::Upstream => counts.upstream_calls += 1,
+            Tally::Upstream => entry.upstream_calls = entry.upstream_calls.saturating_add(1),
             Tally::Saved {
                 tokens,
                 micro_dollars,
             } => {
-                counts.calls_saved += 1;
-                counts.tokens_saved += tokens;
-                counts.micro_dollars_saved += micro_dollars;
+                entry.calls_saved = entry.calls_saved.saturating_add(1);
+                entry.tokens_saved = entry.tokens_saved.saturating_add(tokens);
+                entry.micro_dollars_saved = entry.micro_dollars_saved.saturating_add(micro_dollars);
             }
         }
+        by_requests.insert((entry.requests, tenant));
+        counts.insert(tenant, entry);
     }
 
     /// The tenants tracked, by requests, most first.
     pub(crate) fn snapshot(&self) -> Vec<TenantStats> {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<TenantStats> = table
+            .counts
             .iter()
             .map(|(id, c)| TenantStats {
                 tenant: id.to_string(),
@@ -299,5 +318,61 @@ mod tests {
             Tenants::new(usize::MAX, None).capacity,
             Tenants::MAX_CAPACITY
         );
+    }
+
+    #[test]
+    fn counts_saturate_whatever_the_upstream_reports() {
+        let tenants = Tenants::new(10, Some([0; 32]));
+        let id = tenants.identify(&headers("x-api-key", "k")).unwrap();
+        let huge = Tally::Saved {
+            tokens: u64::MAX,
+            micro_dollars: u64::MAX,
+        };
+        tenants.count(id, huge);
+        tenants.count(id, huge);
+        let snapshot = tenants.snapshot();
+        assert_eq!(snapshot[0].tokens_saved, u64::MAX);
+        assert_eq!(snapshot[0].micro_dollars_saved, u64::MAX);
+        assert_eq!(snapshot[0].calls_saved, 2);
+    }
+
+    #[test]
+    fn a_newcomer_in_a_full_table_replaces_exactly_the_lightest() {
+        let tenants = Tenants::new(1_000, Some([0; 32]));
+        let id = |i: u64| TenantId(i.to_be_bytes());
+        // Tenant i has i + 1 requests.
+        for i in 0..1_000 {
+            for _ in 0..=i {
+                tenants.count(id(i), Tally::Upstream);
+            }
+        }
+        // A crowd of fresh ids: each replaces the lightest, which is the
+        // previous newcomer once the table's light end has risen.
+        for i in 1_000..1_100 {
+            tenants.count(id(i), Tally::Upstream);
+            let table = tenants.table.lock().unwrap();
+            assert_eq!(table.counts.len(), 1_000);
+            assert_eq!(table.by_requests.len(), 1_000);
+            assert!(table
+                .by_requests
+                .iter()
+                .all(|(requests, id)| table.counts[id].requests == *requests));
+        }
+        let snapshot = tenants.snapshot();
+        let min = snapshot.iter().map(|t| t.requests).min().unwrap();
+        assert!(
+            snapshot.iter().all(|t| t.requests >= min),
+            "never more than one tenant under the rest"
+        );
+        // The heaviest were never touched.
+        assert_eq!(snapshot[0].requests, 1_000);
+        assert_eq!(snapshot[0].overcount, 0);
+        assert_eq!(snapshot[0].tenant, id(999).to_string());
+        // Each newcomer started from the count it replaced.
+        let newcomer = snapshot
+            .iter()
+            .find(|t| t.tenant == id(1_099).to_string())
+            .expect("the last newcomer is in the table");
+        assert_eq!(newcomer.requests, newcomer.overcount + 1);
     }
 }

@@ -11,7 +11,10 @@
 //!   shared store answers and its circuit breaker's state.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release},
+        Arc, Mutex, OnceLock, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -19,11 +22,11 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Json, Router,
 };
 use serde_json::{json, Value};
-use tokio::time::MissedTickBehavior;
+use tokio::{sync::watch, time::MissedTickBehavior};
 use tower_idempotency::IdempotencyLayer;
 
 use crate::history::{now_millis, History};
@@ -35,6 +38,22 @@ const TOP_ENTRIES: usize = 10;
 /// The most replayed entries are looked up at most this often: with Redis
 /// it is a scan of the namespace's keys.
 const TOP_EVERY: Duration = Duration::from_secs(5);
+/// A look-up that took this long is not started again before this many
+/// times as long has passed: a namespace of many entries costs the shared
+/// store a bounded share of its time, however often the stats are asked.
+const TOP_PAUSE_FACTOR: u32 = 10;
+/// How long a stats request waits for a look-up in progress before it
+/// answers with the previous list (`null` if there was none yet).
+const TOP_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the Prometheus recorder's upkeep runs (its own exporter's
+/// default).
+#[cfg(feature = "metrics")]
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The last "most replayed" list: when it was read, how long reading it
+/// took, and the list.
+type TopRead = Option<(Instant, Duration, Value)>;
 
 /// Which shared store the layer uses, for the health answer and the page.
 #[derive(Debug, Clone)]
@@ -68,8 +87,11 @@ pub struct Admin {
     history: Mutex<History>,
     interval: Duration,
     started: Instant,
-    /// The last "most replayed" list and when it was read.
-    top: tokio::sync::Mutex<Option<(Instant, Value)>>,
+    /// The last "most replayed" list. It is read by a task of its own, one
+    /// at a time, so that no request waits on a long scan of the store.
+    top: watch::Sender<TopRead>,
+    /// Whether that task is running.
+    top_reading: AtomicBool,
     #[cfg(feature = "metrics")]
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -95,7 +117,8 @@ impl Admin {
             store,
             interval,
             started: Instant::now(),
-            top: tokio::sync::Mutex::new(None),
+            top: watch::Sender::new(None),
+            top_reading: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             prometheus: install_prometheus(),
         })
@@ -119,12 +142,43 @@ impl Admin {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .record(now_millis(), &stats);
-                #[cfg(feature = "metrics")]
+            }
+        });
+        #[cfg(feature = "metrics")]
+        self.spawn_upkeep();
+    }
+
+    /// Drains the Prometheus recorder's histogram samples into their
+    /// summaries every [`UPKEEP_EVERY`], whether or not anyone scrapes:
+    /// until then each upstream call's duration is kept as a sample, so
+    /// upkeep tied to `--history-interval` (up to a day) let them pile up.
+    #[cfg(feature = "metrics")]
+    fn spawn_upkeep(self: &Arc<Self>) {
+        if self.prometheus.is_none() {
+            return;
+        }
+        let admin = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(admin) = admin.upgrade() else { return };
                 if let Some(prometheus) = &admin.prometheus {
                     prometheus.run_upkeep();
                 }
             }
         });
+    }
+
+    /// The routes answered where the endpoints are not served (the proxy's
+    /// listener, with `--admin-listen`): 404 under `/_idempotency/`, which
+    /// stays the gateway's own namespace and is never forwarded.
+    pub fn elsewhere() -> Router {
+        Router::new()
+            .route("/_idempotency", any(served_elsewhere))
+            .route("/_idempotency/", any(served_elsewhere))
+            .route("/_idempotency/{*rest}", any(served_elsewhere))
     }
 
     /// The routes, with this state.
@@ -140,23 +194,42 @@ impl Admin {
             .with_state(self)
     }
 
-    /// The most replayed entries of the shared store, read at most every
-    /// [`TOP_EVERY`]; `null` when the store keeps no such counts.
-    async fn top_entries(&self) -> Value {
-        let mut cached = self.top.lock().await;
-        if let Some((at, top)) = &*cached {
-            if at.elapsed() < TOP_EVERY {
-                return top.clone();
+    /// The most replayed entries of the shared store; `null` when the store
+    /// keeps no such counts. A list older than [`TOP_EVERY`] (or, after a
+    /// slow read, [`TOP_PAUSE_FACTOR`] times that read) is read again in a
+    /// task of its own, which this request awaits for at most [`TOP_WAIT`]:
+    /// past it, the previous list is the answer.
+    async fn top_entries(self: &Arc<Self>) -> Value {
+        let mut read = self.top.subscribe();
+        let stale = match &*read.borrow_and_update() {
+            Some((at, took, _)) => at.elapsed() >= TOP_EVERY.max(*took * TOP_PAUSE_FACTOR),
+            None => true,
+        };
+        if stale {
+            if !self.top_reading.swap(true, AcqRel) {
+                let admin = Arc::clone(self);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let top = admin.read_top().await;
+                    admin
+                        .top
+                        .send_replace(Some((Instant::now(), started.elapsed(), top)));
+                    admin.top_reading.store(false, Release);
+                });
             }
+            let _ = tokio::time::timeout(TOP_WAIT, read.changed()).await;
         }
-        let top = match &self.store {
+        let top = read.borrow();
+        top.as_ref().map_or(Value::Null, |(_, _, top)| top.clone())
+    }
+
+    async fn read_top(&self) -> Value {
+        match &self.store {
             StoreKind::Redis | StoreKind::RedisCluster => self.redis_top().await,
             #[cfg(feature = "sqlite")]
             StoreKind::Sqlite(path) => sqlite_top(path.clone()).await,
             _ => Value::Null,
-        };
-        *cached = Some((Instant::now(), top.clone()));
-        top
+        }
     }
 
     async fn redis_top(&self) -> Value {
@@ -234,16 +307,61 @@ async fn sqlite_top(path: std::path::PathBuf) -> Value {
     }
 }
 
-/// `GET /_idempotency/`: the dashboard.
+/// `GET /_idempotency/`: the dashboard, under a content security policy
+/// that lets only its own inline script run (by its hash), only fetch from
+/// this origin, and not be framed: a value it renders (a model name from an
+/// upstream's answer, say) is text, never markup, and the policy keeps it
+/// so should the page ever change.
 async fn dashboard() -> Response {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| content_security_policy(DASHBOARD));
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, policy.as_str()),
         ],
         DASHBOARD,
     )
         .into_response()
+}
+
+/// The policy for `page`: its one inline `<script>` allowed by hash.
+fn content_security_policy(page: &str) -> String {
+    use sha2::{Digest, Sha256};
+
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    format!(
+        "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; \
+         img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+        base64(&Sha256::digest(script.as_bytes()))
+    )
+}
+
+/// Standard base64, with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `GET /_idempotency/stats`: this process's counters, with Redis the
@@ -307,12 +425,14 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
     let redis = if admin.store.is_redis() {
         let skipped_before = layer.stats().store.skipped;
         let probe = layer.fleet_stats().await;
-        let skipped = layer.stats().store.skipped > skipped_before;
         let (reachable, error) = match probe {
             Some(Ok(_)) => (true, None),
             Some(Err(error)) => (false, Some(error.to_string())),
             None => (false, None),
         };
+        // A probe that reached Redis closed the breaker, whatever other
+        // requests were skipped while it ran.
+        let skipped = !reachable && layer.stats().store.skipped > skipped_before;
         json!({
             "reachable": reachable,
             "breaker": if skipped { "open" } else { "closed" },
@@ -332,6 +452,44 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
     }))
 }
 
+async fn served_elsewhere() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        "the gateway's endpoints are served on its admin address\n",
+    )
+}
+
 async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "no such gateway endpoint\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads_like_the_standard() {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"\xff\xfe\xfd", "//79"),
+        ] {
+            assert_eq!(base64(bytes), text);
+        }
+    }
+
+    #[test]
+    fn the_policy_allows_the_dashboard_script_by_its_hash() {
+        let policy = content_security_policy("<p><script>alert(1)</script>");
+        // printf 'alert(1)' | openssl dgst -sha256 -binary | base64
+        assert!(
+            policy.contains("script-src 'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"),
+            "{policy}"
+        );
+        assert!(policy.starts_with("default-src 'none';"));
+        assert!(!content_security_policy(DASHBOARD).contains("unsafe-eval"));
+    }
 }

@@ -46,6 +46,16 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// Serve the gateway's own endpoints (dashboard, stats, metrics,
+    /// health) on this address only, for example 127.0.0.1:9090, and
+    /// answer 404 under /_idempotency/ on --listen. Without it they are
+    /// served on --listen, to every caller of the proxy: the stats name the
+    /// busiest tenants (by id) and the most replayed entries (key, model,
+    /// tokens). Port 0 picks a free port (printed on stdout after the
+    /// `listening on` line, as `admin listening on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+
     /// The API to forward to: http:// or https://, optionally with a base
     /// path that is put in front of every request's path.
     #[arg(long, value_name = "URL", value_parser = parse_upstream)]
@@ -121,9 +131,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub tenants: u32,
 
-    /// A file whose content keys the tenant ids, so that every gateway
-    /// sharing it (and a restart) gives a credential the same id. Default:
-    /// a random secret per process.
+    /// A file whose content (1 byte to 64 KiB, read as is) keys the tenant
+    /// ids, so that every gateway sharing it (and a restart) gives a
+    /// credential the same id. Keep it readable by the gateway only: with
+    /// it, a short credential's id can be matched by trying candidates.
+    /// Default: a random secret per process.
     #[arg(long, value_name = "FILE")]
     pub tenant_secret_file: Option<std::path::PathBuf>,
 

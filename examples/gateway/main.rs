@@ -64,6 +64,12 @@ use crate::{
 /// anything else under `/_idempotency/`, see [`admin`]).
 const STATS_PATH: &str = "/_idempotency/stats";
 
+/// Connections the `--admin-listen` address serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// The largest `--tenant-secret-file` read: a secret, not a data file.
+const MAX_TENANT_SECRET: u64 = 64 * 1024;
+
 /// How long, after the last connection closed, the gateway waits for upstream
 /// calls whose callers went away (they complete, and are stored, because they
 /// have been paid for).
@@ -149,16 +155,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     if args.tenants > 0 {
         builder = builder.count_tenants(args.tenants as usize);
         if let Some(path) = &args.tenant_secret_file {
-            let secret = std::fs::read(path).map_err(|error| {
-                format!(
-                    "cannot read --tenant-secret-file {}: {error}",
-                    path.display()
-                )
-            })?;
-            if secret.is_empty() {
-                return Err(format!("--tenant-secret-file {} is empty", path.display()).into());
-            }
-            builder = builder.tenant_secret(secret);
+            builder = builder.tenant_secret(read_tenant_secret(path)?);
         }
     }
     if let Some(prices) = args.price_table() {
@@ -215,10 +212,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
         })
         .layer(layer.clone())
         .service(proxy);
-    let app = admin
-        .router()
-        .fallback_service(forward)
-        .layer(middleware::from_fn(log_request));
+    // The gateway's own endpoints: beside the proxy, or on an address of
+    // their own.
+    let (app, admin_app) = match &args.admin_listen {
+        None => (admin.router().fallback_service(forward), None),
+        Some(_) => (
+            Admin::elsewhere().fallback_service(forward),
+            Some(admin.router().layer(middleware::from_fn(log_request))),
+        ),
+    };
+    let app = app.layer(middleware::from_fn(log_request));
 
     let limits = Limits {
         header_timeout: args.header_timeout,
@@ -240,15 +243,63 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr()?;
+    let admin_listener = match &args.admin_listen {
+        Some(admin_address) => Some(
+            tokio::net::TcpListener::bind(admin_address)
+                .await
+                .map_err(|error| format!("cannot listen on {admin_address}: {error}"))?,
+        ),
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     tracing::info!(%address, %upstream, max_connections, "gateway ready");
-    // The one line a supervisor (or a test) waits for.
+    // The one line a supervisor (or a test) waits for comes first.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {address}")?;
+    if let Some(admin_listener) = &admin_listener {
+        writeln!(
+            stdout,
+            "admin listening on {}",
+            admin_listener.local_addr()?
+        )?;
+    }
     stdout.flush()?;
     drop(stdout);
 
-    server::serve(listener, app, limits, max_connections, shutdown).await;
+    match (admin_listener, admin_app) {
+        (Some(admin_listener), Some(admin_app)) => {
+            // One signal stops both listeners.
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let admin_limits = Limits {
+                max_connections: ADMIN_CONNECTIONS,
+                ..limits
+            };
+            tokio::join!(
+                async {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                },
+                server::serve(
+                    listener,
+                    app,
+                    limits,
+                    max_connections,
+                    stopped(stopping.clone())
+                ),
+                server::serve(
+                    admin_listener,
+                    admin_app,
+                    admin_limits,
+                    ADMIN_CONNECTIONS,
+                    stopped(stopping),
+                ),
+            );
+        }
+        _ => server::serve(listener, app, limits, max_connections, shutdown).await,
+    }
 
     // Every connection is closed. Upstream calls whose callers went away run
     // in tasks of their own; give them a moment to finish and be stored.
@@ -258,6 +309,35 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The content of `--tenant-secret-file`: not empty, and read only up to
+/// [`MAX_TENANT_SECRET`] bytes, so that a device or a huge file given by
+/// mistake (`/dev/zero`) is refused rather than read until memory runs out.
+fn read_tenant_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+
+    let cannot = |error: std::io::Error| {
+        format!(
+            "cannot read --tenant-secret-file {}: {error}",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut secret = Vec::new();
+    file.take(MAX_TENANT_SECRET + 1)
+        .read_to_end(&mut secret)
+        .map_err(cannot)?;
+    if secret.is_empty() {
+        return Err(format!("--tenant-secret-file {} is empty", path.display()));
+    }
+    if secret.len() as u64 > MAX_TENANT_SECRET {
+        return Err(format!(
+            "--tenant-secret-file {} is larger than {MAX_TENANT_SECRET} bytes",
+            path.display()
+        ));
+    }
+    Ok(secret)
 }
 
 /// Installs the SIGTERM and Ctrl-C handlers now, so that a signal arriving

@@ -393,3 +393,168 @@ fn the_tenant_flags_are_checked_and_documented() {
     assert!(!status.success(), "{output}");
     assert!(output.contains("--tenant-secret-file"), "{output}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_tenant_secret_file_that_never_ends_is_refused() {
+    // A device, or a huge file named by mistake, is refused at once rather
+    // than read until memory runs out.
+    let (status, output) = start_refused(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tenant-secret-file",
+        "/dev/zero",
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("--tenant-secret-file"), "{output}");
+    assert!(output.contains("larger than"), "{output}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let (status, output) = start_refused(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tenant-secret-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("is empty"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answer_while_a_large_namespace_is_read_for_the_most_replayed() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--redis", &redis.url()]);
+    let url = gateway.url("/v1/chat/completions");
+    send(post_json(&url, r#"{"q":1}"#)).await;
+    send(post_json(&url, r#"{"q":1}"#)).await;
+    // A hundred thousand entries beside the real one: reading them all
+    // takes seconds (one round trip per entry).
+    let keys = redis.cli(&["--scan"]);
+    let entry = keys
+        .lines()
+        .find(|name| name.ends_with('}'))
+        .expect("the entry is in redis");
+    let namespace = entry.rsplit_once('{').unwrap().0;
+    let script = "for i = 1, tonumber(ARGV[2]) do \
+        redis.call('HSET', ARGV[1] .. '{' .. string.format('%064x', i) .. '}', \
+        'hits', i % 7, 'created_at', 1, 'meta', '') end return 1";
+    assert_eq!(redis.cli(&["eval", script, "0", namespace, "100000"]), "1");
+
+    // Every stats request answers at once, whether the list is read yet or
+    // not, and so does the health check.
+    for _ in 0..3 {
+        let stats = tokio::time::timeout(Duration::from_secs(3), gateway.stats())
+            .await
+            .expect("the stats answer without waiting for the whole scan");
+        assert_eq!(stats["process"]["hits"]["l1"], 1, "{stats}");
+        tokio::time::timeout(Duration::from_secs(3), health(&gateway))
+            .await
+            .expect("the health check answers");
+    }
+    // The list arrives once it is read.
+    let (held, seen) = poll(
+        Duration::from_secs(120),
+        || gateway.stats(),
+        |seen| {
+            seen["top_entries"]
+                .as_array()
+                .is_some_and(|top| top.len() == 10)
+        },
+    )
+    .await;
+    assert!(held, "{}", seen["top_entries"]);
+    assert_eq!(seen["top_entries"][0]["hits"], 6, "{}", seen["top_entries"]);
+    assert_eq!(upstream.calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_address_the_endpoints_are_served_there_only() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tenants",
+        "10",
+    ]);
+    let admin = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = gateway.stdout_lines();
+            if let Some(addr) = lines
+                .iter()
+                .find_map(|line| line.strip_prefix("admin listening on "))
+            {
+                break addr.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no admin address: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    ask_as(&gateway, "sk-alice").await;
+
+    // A caller of the proxy sees none of the endpoints, and nothing under
+    // the gateway's namespace is forwarded.
+    for path in [
+        "/_idempotency",
+        "/_idempotency/",
+        "/_idempotency/stats",
+        "/_idempotency/metrics",
+        "/_idempotency/health",
+    ] {
+        let answer = send(get(&gateway.url(path))).await;
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        let answer = send(post_json(&gateway.url(path), "{}")).await;
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+    }
+    // The admin address serves them, and proxies nothing.
+    let stats = send(get(&format!("http://{admin}/_idempotency/stats"))).await;
+    assert_eq!(stats.status, 200, "{stats:?}");
+    let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["tenants"].as_array().unwrap().len(), 1, "{stats}");
+    let page = send(get(&format!("http://{admin}/_idempotency/"))).await;
+    assert_eq!(page.status, 200);
+    let health = send(get(&format!("http://{admin}/_idempotency/health"))).await;
+    assert_eq!(health.status, 200);
+    let proxied = send(post_json(
+        &format!("http://{admin}/v1/chat/completions"),
+        "{}",
+    ))
+    .await;
+    assert_eq!(proxied.status, 404, "{proxied:?}");
+    assert_eq!(upstream.calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_runs_only_its_own_script_and_is_not_framed() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let answer = send(get(&gateway.url("/_idempotency/"))).await;
+    assert_eq!(answer.status, 200);
+    let policy = answer
+        .header("content-security-policy")
+        .expect("the dashboard has a content security policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive}: {policy}");
+    }
+    let scripts = policy
+        .split(';')
+        .find(|directive| directive.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!scripts.contains("unsafe"), "{policy}");
+    assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(upstream.calls.get(), 0);
+}
