@@ -11,9 +11,12 @@
 //!   capacity of zero stores nothing), so every request is answered from
 //!   Redis: the same ~220-byte chat-completions POST each iteration, against
 //!   a 1 KiB response stored beforehand; the body is read whole. One
-//!   `EVALSHA` (look-up-or-claim) per request.
+//!   `HGET` of the record per request (the hit is counted locally and
+//!   flushed in batches).
 //! - `l2/bare_get`: `GET` of a 1 KiB value over a `ConnectionManager`, the
 //!   floor of any one-round-trip read. Measured before and after the hit.
+//! - `l2/bare_hget`: diagnostic. The `HGET` a hit sends, of the same stored
+//!   entry, over a `ConnectionManager`, without the layer around it.
 //! - `l2/lookup_script`: diagnostic. The look-up script (a copy of
 //!   `LOOKUP` in `src/store/redis/scripts.rs`, checked to answer a hit)
 //!   invoked by `EVALSHA` on the same stored entry, over a
@@ -198,6 +201,22 @@ fn bench_l2(c: &mut Criterion) {
         after.requests - before.requests,
         "every measured call must be an L2 hit"
     );
+
+    group.bench_function("bare_hget", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut conn = bare.clone();
+            let entry = entry.clone();
+            async move {
+                let record: Vec<u8> = redis::cmd("HGET")
+                    .arg(&entry)
+                    .arg("r")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(record.len())
+            }
+        })
+    });
 
     group.bench_function("lookup_script", |b| {
         b.to_async(&runtime).iter(|| {
