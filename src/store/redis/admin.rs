@@ -14,7 +14,8 @@ use super::{
 use crate::{key::Key, record::Meta};
 
 impl RedisStore {
-    /// Totals of every instance sharing this Redis, as last flushed.
+    /// Totals of every instance sharing this Redis, once every instance has
+    /// flushed its counts (or the write timeout has passed).
     pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
         self.inner.flush_everywhere().await;
         let mut conn = self.inner.conn.clone();
@@ -40,7 +41,9 @@ impl RedisStore {
         })
     }
 
-    /// Per-entry analytics of one key in one namespace, if it is stored.
+    /// Per-entry analytics of one key in one namespace, if it is stored,
+    /// once every instance has flushed its hits (or the write timeout has
+    /// passed).
     pub async fn entry_stats(
         &self,
         namespace: &str,
