@@ -11,9 +11,17 @@
 //!   capacity of zero stores nothing), so every request is answered from
 //!   Redis: the same ~220-byte chat-completions POST each iteration, against
 //!   a 1 KiB response stored beforehand; the body is read whole. One
-//!   `EVALSHA` (look-up-or-claim) per request.
+//!   `HGET` of the record per request (the hit is counted locally and
+//!   flushed in batches).
 //! - `l2/bare_get`: `GET` of a 1 KiB value over a `ConnectionManager`, the
 //!   floor of any one-round-trip read. Measured before and after the hit.
+//! - `l2/bare_hget`: diagnostic. The `HGET` a hit sends, of the same stored
+//!   entry, over a `ConnectionManager`, without the layer around it.
+//!
+//! Redis's own accounting (`INFO commandstats`) is reset before and printed
+//! after `bare_get`, `hit`, `bare_hget` and `miss`: what Redis spends per
+//! `GET`, per hit (its `HGET`, and the batched `EVALSHA`s that add hits), per
+//! `HGET` alone.
 //! - `l2/lookup_script`: diagnostic. The look-up script (a copy of
 //!   `LOOKUP` in `src/store/redis/scripts.rs`, checked to answer a hit)
 //!   invoked by `EVALSHA` on the same stored entry, over a
@@ -174,6 +182,7 @@ fn bench_l2(c: &mut Criterion) {
     });
 
     runtime.block_on(print_commandstats(&mut bare, "bare_get", None));
+    runtime.block_on(reset_commandstats(&mut bare));
     let before = layer.stats();
     group.bench_function("hit", |b| {
         b.to_async(&runtime).iter(|| {
@@ -198,6 +207,25 @@ fn bench_l2(c: &mut Criterion) {
         after.requests - before.requests,
         "every measured call must be an L2 hit"
     );
+
+    runtime.block_on(reset_commandstats(&mut bare));
+    group.bench_function("bare_hget", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut conn = bare.clone();
+            let entry = entry.clone();
+            async move {
+                let record: Vec<u8> = redis::cmd("HGET")
+                    .arg(&entry)
+                    .arg("r")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(record.len())
+            }
+        })
+    });
+
+    runtime.block_on(print_commandstats(&mut bare, "bare_hget", None));
 
     group.bench_function("lookup_script", |b| {
         b.to_async(&runtime).iter(|| {

@@ -25,6 +25,11 @@
 //! their order, so nothing is noted for them, nor for an object of one
 //! member.
 //!
+//! A document that the first pass finds to be its own canonical form
+//! (compact, members in order, no escape to rewrite: what a client
+//! serialising a sorted map sends) is hashed as it is, without the second
+//! pass, when no field is ignored.
+//!
 //! A second, recursive pass ([`Walk`]) writes the canonical form straight
 //! into the sink (the caller rewinds the sink if it fails): arrays and
 //! scalars as they are read, an object's noted members sorted by decoded
@@ -34,7 +39,9 @@
 //! strings without escapes or with only those `serde_json` writes (`\"`,
 //! `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and lower-case `\u00xx` for other control
 //! characters) are copied from the input; other strings are decoded and
-//! re-escaped.
+//! re-escaped. What it writes goes through a small buffer ([`Buffered`]),
+//! so that the many short pieces (brackets, commas, names) reach the hasher
+//! as a few large updates.
 //!
 //! # Guarantees
 //!
@@ -46,7 +53,9 @@
 //!   nothing); and one decoded string at a time. Inputs of 2 GiB or more are
 //!   refused (`u32` offsets, one bit of which marks strings to decode).
 //!   `examples/key_memory.rs` measures it.
-//! - Linear work: the first pass reads each byte once; the second reads
+//! - Linear work: the first pass reads each byte once (a string's bytes
+//!   twice: once for its end, once for control characters, both many bytes
+//!   an instruction); the second reads
 //!   again only array items, lone members and names, and steps once over
 //!   each ignored field (far below the former walk's bound of 16 times the
 //!   input).
@@ -66,6 +75,7 @@
 //! # Layout
 //!
 //! - `ignore`: the fields left out ([`IgnoreFields`]);
+//! - `buffer`: the buffer between the walk and the sink;
 //! - `scanner`: the validating cursor both passes read with (strings,
 //!   numbers, literals, and stepping over a whole value);
 //! - `string`: string literals (their end, names compared without decoding,
@@ -75,6 +85,7 @@
 //! - `reference` (tests only): the former implementation, the oracle of the
 //!   differential tests in `tests`.
 
+mod buffer;
 mod ignore;
 mod prescan;
 #[cfg(test)]
@@ -88,6 +99,7 @@ mod walk;
 pub(crate) use ignore::IgnoreFields;
 
 use super::Sink;
+use buffer::Buffered;
 use prescan::{prescan, ESCAPED};
 use walk::Walk;
 
@@ -106,7 +118,15 @@ pub(crate) fn canonicalize(
         return Err(error("json too large to canonicalise"));
     }
     let notes = prescan(text.as_bytes())?;
-    Walk::new(text, notes).value(ignore.root(), MAX_DEPTH, out)
+    if notes.canonical && ignore.root().is_none() {
+        // Already canonical: the walk would write it unchanged.
+        out.put(input);
+        return Ok(());
+    }
+    let mut out = Buffered::new(out);
+    Walk::new(text, notes).value(ignore.root(), MAX_DEPTH, &mut out)?;
+    out.flush();
+    Ok(())
 }
 
 /// How deep containers may nest in what is written: `serde_json`'s own limit.

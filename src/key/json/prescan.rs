@@ -1,7 +1,9 @@
 //! The first pass: validates the document without recursion and notes the
 //! members of every object the walk must sort.
 
-use super::{error, offset, scanner::Kind, scanner::Scanner, MAX_NESTING};
+use super::{
+    error, offset, scanner::Kind, scanner::Scanner, string::compare_names, MAX_DEPTH, MAX_NESTING,
+};
 
 /// What the first pass notes for the walk.
 pub(super) struct Notes {
@@ -9,6 +11,11 @@ pub(super) struct Notes {
     pub(super) members: Vec<Member>,
     /// Where each such object's members are, by the object's offset.
     pub(super) tables: Vec<Table>,
+    /// Whether the document is its own canonical form: no white space,
+    /// every object's members in order (so no two of the same name), no
+    /// string to decode, nesting within [`MAX_DEPTH`]. With no field
+    /// ignored, the walk would write it unchanged: it is hashed as it is.
+    pub(super) canonical: bool,
 }
 
 /// An object member: 8 bytes.
@@ -50,11 +57,15 @@ struct Open {
 /// recursion, and notes the members of every object that has two or more
 /// (one member needs no sorting: the walk reads it where it is).
 pub(super) fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
-    let mut scanner = Scanner { bytes, pos: 0 };
+    let mut scanner = Scanner::new(bytes);
     let mut notes = Notes {
         members: Vec::new(),
         tables: Vec::new(),
+        canonical: true,
     };
+    // Whether what was read so far is in canonical form (white space aside,
+    // which the scanner notes).
+    let mut canonical = true;
     // Members of the objects still open, innermost last.
     let mut pending: Vec<Member> = Vec::new();
     let mut open: Vec<Open> = Vec::new();
@@ -88,19 +99,21 @@ pub(super) fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
                     offset: offset(scanner.pos),
                     first: offset(pending.len()),
                 });
+                canonical &= open.len() <= MAX_DEPTH;
                 scanner.pos += 1;
                 scanner.skip_whitespace();
                 let close = if object { b'}' } else { b']' };
                 if scanner.peek() != Some(close) {
                     if object {
                         member = Some(offset(scanner.pos));
-                        scanner.key()?;
+                        canonical &= scanner.key()? != Kind::Escaped;
                     }
                     continue 'value;
                 }
             }
             Some(b'"') => {
                 let kind = scanner.string()?;
+                canonical &= kind != Kind::Escaped;
                 let escaped = if kind == Kind::Escaped { ESCAPED } else { 0 };
                 note_end(&mut pending, offset(scanner.pos) | escaped);
             }
@@ -118,6 +131,7 @@ pub(super) fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
                     return Err(error("trailing characters after the JSON document"));
                 }
                 notes.tables.sort_unstable_by_key(|table| table.offset);
+                notes.canonical = canonical && !scanner.spaced;
                 return Ok(notes);
             };
             match (top.object, scanner.peek()) {
@@ -169,8 +183,16 @@ pub(super) fn prescan(bytes: &[u8]) -> serde_json::Result<Notes> {
                 (true, Some(b',')) => {
                     scanner.pos += 1;
                     scanner.skip_whitespace();
-                    member = Some(offset(scanner.pos));
-                    scanner.key()?;
+                    let name = scanner.pos;
+                    member = Some(offset(name));
+                    let kind = scanner.key()?;
+                    // In order after the object's previous member (the
+                    // last pending: any nested in its value are gone).
+                    canonical = canonical
+                        && kind != Kind::Escaped
+                        && pending.last().is_some_and(|previous| {
+                            compare_names(bytes, previous.name as usize, name).is_lt()
+                        });
                     continue 'value;
                 }
                 _ => return Err(error("expected `,` or the end of a container")),

@@ -3,7 +3,7 @@
 
 use super::{
     error,
-    string::{hex4, plain_run},
+    string::{has_control, hex4, special},
 };
 
 /// What a string literal holds, as far as writing it goes.
@@ -23,9 +23,19 @@ pub(super) enum Kind {
 pub(super) struct Scanner<'a> {
     pub(super) bytes: &'a [u8],
     pub(super) pos: usize,
+    /// Whether any white space was skipped.
+    pub(super) spaced: bool,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            pos: 0,
+            spaced: false,
+        }
+    }
+
     pub(super) fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -33,6 +43,7 @@ impl Scanner<'_> {
     pub(super) fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.pos += 1;
+            self.spaced = true;
         }
     }
 
@@ -128,18 +139,26 @@ impl Scanner<'_> {
     /// string it does not decode (control characters and unknown escapes are
     /// errors; `\u` escapes need four hex digits, surrogates are not paired
     /// here but when the string is decoded).
+    ///
+    /// Jumps from one quote or backslash to the next ([`special`]), then
+    /// checks the whole literal for control characters at once
+    /// ([`has_control`]): two passes over the bytes, each many bytes an
+    /// instruction, rather than one that stops at every byte.
     pub(super) fn string(&mut self) -> serde_json::Result<Kind> {
         self.pos += 1;
+        let start = self.pos;
         let mut escaped = false;
         let mut canonical = true;
         loop {
-            self.pos += plain_run(self.bytes.get(self.pos..).unwrap_or_default());
+            let rest = self.bytes.get(self.pos..).unwrap_or_default();
+            let Some(at) = special(rest) else {
+                self.pos = self.bytes.len();
+                return Err(self.unterminated(start));
+            };
+            self.pos += at;
             match self.peek() {
-                Some(b'"') => {
-                    self.pos += 1;
-                    break;
-                }
-                Some(b'\\') => {
+                Some(b'"') => break,
+                _ => {
                     escaped = true;
                     match self.bytes.get(self.pos + 1) {
                         Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 2,
@@ -162,15 +181,26 @@ impl Scanner<'_> {
                         _ => return Err(error("invalid escape")),
                     }
                 }
-                Some(_) => return Err(error("control character while parsing a string")),
-                None => return Err(error("EOF while parsing a string")),
             }
         }
+        if has_control(self.bytes.get(start..self.pos).unwrap_or_default()) {
+            return Err(error("control character while parsing a string"));
+        }
+        self.pos += 1;
         Ok(match (escaped, canonical) {
             (false, _) => Kind::Plain,
             (true, true) => Kind::Canonical,
             (true, false) => Kind::Escaped,
         })
+    }
+
+    /// The error for a string from `start` without its closing quote.
+    fn unterminated(&self, start: usize) -> serde_json::Error {
+        if has_control(self.bytes.get(start..).unwrap_or_default()) {
+            error("control character while parsing a string")
+        } else {
+            error("EOF while parsing a string")
+        }
     }
 
     /// A number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.

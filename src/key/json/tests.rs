@@ -591,9 +591,116 @@ mod differential {
 
         #[test]
         fn strings_are_classified_as_canonical_escapes_says(literal in string()) {
-            let kind = Scanner { bytes: literal.as_bytes(), pos: 0 }.string().unwrap();
+            let kind = Scanner::new(literal.as_bytes()).string().unwrap();
             prop_assert_eq!(kind == Kind::Plain, !literal.contains('\\'));
             prop_assert_eq!(kind != Kind::Escaped, reference::canonical_escapes(&literal));
         }
+    }
+}
+
+/// Documents already in canonical form are hashed as they are (the second
+/// pass skipped); every near miss takes the walk, with the same output as
+/// the former implementation.
+#[test]
+fn canonical_documents_are_kept_as_they_are_and_near_misses_walked() {
+    let both = |input: &str| {
+        let mut new = Vec::new();
+        let new = canonicalize(input.as_bytes(), &IgnoreFields::default(), &mut new)
+            .ok()
+            .map(|()| String::from_utf8(new).unwrap());
+        let mut old = Vec::new();
+        let old =
+            super::reference::canonicalize(input.as_bytes(), &IgnoreFields::default(), &mut old)
+                .ok()
+                .map(|()| String::from_utf8(old).unwrap());
+        assert_eq!(new, old, "{input}");
+        new
+    };
+    for canonical in [
+        r#"{"a":1,"b":[true,null,{"c":"x\n\"y\"","d":{}}],"e":"\u001f"}"#,
+        r#"[{"a":0},{"a":1,"b":2}]"#,
+        r#""text""#,
+        r#"{"":0,"a":0,"aa":0,"b":0,"é":0}"#,
+        r#"{"a\n":0,"a\"":0}"#,
+    ] {
+        assert_eq!(both(canonical).as_deref(), Some(canonical));
+        let mut out = Vec::new();
+        let notes = prescan(canonical.as_bytes()).unwrap();
+        assert!(notes.canonical, "{canonical}");
+        canonicalize(canonical.as_bytes(), &IgnoreFields::new(["z"]), &mut out).unwrap();
+        assert_eq!(out, canonical.as_bytes(), "with a field ignored: walked");
+    }
+    for near_miss in [
+        r#"{"b":1,"a":2}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"a":1,"\u0061":2}"#,
+        r#"{"a":"\u0041"}"#,
+        r#"{"a":"\/"}"#,
+        r#"{"\u0062":1,"a":2}"#,
+        r#" {"a":1}"#,
+        r#"{"a":1} "#,
+        r#"{"a": 1}"#,
+        r#"[1,2 ]"#,
+        r#"{"a":{"c":1,"b":2}}"#,
+        r#"{"é":0,"z":0}"#,
+    ] {
+        assert!(
+            !prescan(near_miss.as_bytes()).is_ok_and(|n| n.canonical),
+            "{near_miss}"
+        );
+        both(near_miss);
+    }
+    // Nesting: within the walk's limit, kept; past it, refused as before.
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    assert_eq!(both(&nested(MAX_DEPTH)), Some(nested(MAX_DEPTH)));
+    assert_eq!(both(&nested(MAX_DEPTH + 1)), None);
+}
+
+/// The keys of a few requests, pinned: a change to the canonical form or to
+/// the framing changes every key in every store, and must come with a new
+/// format version.
+#[test]
+fn keys_are_pinned() {
+    let layer = crate::IdempotencyLayer::new();
+    let key = |content_type: &str, body: &str| {
+        let (parts, ()) = http::Request::post("https://api.example.com/v1/chat/completions")
+            .header("content-type", content_type)
+            .header("authorization", "Bearer sk-test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        layer
+            .key_for(&parts, body.as_bytes())
+            .expect("a key")
+            .to_hex()
+    };
+    let pretty = "{\n  \"model\": \"gpt-4o-mini\",\n  \"messages\": [\n    {\"role\": \"user\", \"content\": \"Say \\\"hi\\\"\\n\\u00e9\\/\"}\n  ],\n  \"temperature\": 0.2\n}";
+    let compact = r#"{"messages":[{"content":"Say \"hi\"\né/","role":"user"}],"model":"gpt-4o-mini","temperature":0.2}"#;
+    let pinned = [
+        (
+            key("application/json", pretty),
+            "784d065bfc46a0c996b1645329a3fbe42d5483e9d98b3ff2e759b819b35a9302",
+        ),
+        (
+            key("application/json", compact),
+            "784d065bfc46a0c996b1645329a3fbe42d5483e9d98b3ff2e759b819b35a9302",
+        ),
+        (
+            key("application/json", r#"{"a":1,"a":2}"#),
+            "d1bbda2f04b02aaa30734973f0c987c0c38271df10685df59e5dcc857022f352",
+        ),
+        (
+            key("application/json", "not json"),
+            "8835646da33e54fb9858cd4d34a1d6a90e9da0c0d9d2c0bb989a32a6ab225ab8",
+        ),
+        (
+            key("text/plain", compact),
+            "3e33203b4bc3c03d96fa4c7bdd750938eb92d76ffc9a47dd48f9609049ff436d",
+        ),
+    ];
+    // The pretty and compact forms of one document share their key.
+    assert_eq!(pinned[0].0, pinned[1].0);
+    for (key, hex) in pinned {
+        assert_eq!(key, hex);
     }
 }

@@ -26,10 +26,7 @@ impl<'a> Walk<'a> {
     /// A walk over `text`, from its first value (white space skipped), with
     /// the first pass's `notes`.
     pub(super) fn new(text: &'a str, notes: Notes) -> Self {
-        let mut scanner = Scanner {
-            bytes: text.as_bytes(),
-            pos: 0,
-        };
+        let mut scanner = Scanner::new(text.as_bytes());
         scanner.skip_whitespace();
         Self {
             text,

@@ -14,9 +14,10 @@ use super::{
 use crate::{key::Key, record::Meta};
 
 impl RedisStore {
-    /// Totals of every instance sharing this Redis, as last flushed.
+    /// Totals of every instance sharing this Redis, once every instance has
+    /// flushed its counts (or the write timeout has passed).
     pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
-        self.inner.flush().await;
+        self.inner.flush_everywhere().await;
         let mut conn = self.inner.conn.clone();
         let stats_key = self.inner.stats_key();
         let fields: HashMap<String, u64> = self
@@ -40,13 +41,15 @@ impl RedisStore {
         })
     }
 
-    /// Per-entry analytics of one key in one namespace, if it is stored.
+    /// Per-entry analytics of one key in one namespace, if it is stored,
+    /// once every instance has flushed its hits (or the write timeout has
+    /// passed).
     pub async fn entry_stats(
         &self,
         namespace: &str,
         key: &Key,
     ) -> Result<Option<EntryStats>, StoreError> {
-        self.inner.flush().await;
+        self.inner.flush_everywhere().await;
         let mut conn = self.inner.conn.clone();
         let names = self.inner.names(&ns_tag(namespace), key);
         let (hits, last_hit_at, created_at): (Option<u64>, Option<u64>, Option<u64>) = self
@@ -77,7 +80,7 @@ impl RedisStore {
         namespace: &str,
         n: usize,
     ) -> Result<Vec<TopEntry>, StoreError> {
-        self.inner.flush().await;
+        self.inner.flush_everywhere().await;
         let inner = &self.inner;
         let pattern = format!("{}:{}:{{*}}", inner.prefix, ns_tag(namespace));
         let mut entries = Vec::new();

@@ -1,5 +1,5 @@
-//! A cluster's nodes, from `CLUSTER NODES`, and `SCAN` over every primary
-//! (or the single node).
+//! A cluster's nodes, from `CLUSTER NODES`, `SCAN` over every primary (or
+//! the single node), and the events channel's subscribers on every node.
 
 use std::time::Duration;
 
@@ -90,6 +90,44 @@ async fn scan_node(
         }
     }
     Ok(found)
+}
+
+/// How many subscribers `channel` has over every node of a cluster (`PUBSUB
+/// NUMSUB` counts only a node's own); nodes that do not answer count none.
+pub(super) async fn subscribers(
+    inner: &Inner,
+    cluster: &mut ClusterConnection,
+    channel: &str,
+) -> Result<usize, StoreError> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+    let nodes: String = inner
+        .run(
+            None,
+            inner.settings.write_timeout,
+            redis::cmd("CLUSTER").arg("NODES").query_async(cluster),
+        )
+        .await?;
+    let mut total = 0;
+    for (host, port) in node_addresses(&nodes, false) {
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(channel);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let Ok(value) = inner
+            .run(
+                None,
+                inner.settings.write_timeout,
+                cluster.clone().route_command(numsub, routing),
+            )
+            .await
+        else {
+            continue;
+        };
+        if let Ok((_, count)) = redis::from_redis_value::<(String, usize)>(value) {
+            total += count;
+        }
+    }
+    Ok(total)
 }
 
 /// The primaries of a cluster, from `CLUSTER NODES`.

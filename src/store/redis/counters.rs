@@ -1,16 +1,29 @@
-//! Counting without a round trip per request: hits answered from L1 and the
-//! fleet totals are added up locally and flushed to Redis in batches, every
-//! flush interval and before every analytics read.
+//! Counting without a round trip per request: hits answered from L1 or read
+//! from L2, and the fleet totals, are added up locally and flushed to Redis
+//! in batches, every flush interval and before every analytics read.
+//!
+//! An analytics read asks every instance to flush, not only its own: it
+//! publishes a flush request on the events channel, each instance flushes
+//! and answers, and the read waits for as many answers as the channel has
+//! subscribers (every instance subscribes once), for at most the write
+//! timeout. A subscriber that does not answer (an older version, a tool
+//! listening in) only makes the read wait that long.
 
 use std::{
     collections::HashMap,
+    pin::pin,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Mutex, PoisonError, Weak,
+        Arc, Mutex, PoisonError, Weak,
     },
 };
 
+use tokio::sync::Notify;
+
 use super::{
+    connection::Conn,
+    error::StoreError,
+    pubsub::Event,
     scripts,
     store::{Inner, RedisStore},
 };
@@ -31,15 +44,22 @@ const FLEET_FIELDS: [&str; 6] = [
 pub(super) struct Pending {
     /// Fleet totals, indexed by [`FleetCounter`].
     fleet: [AtomicU64; 6],
-    /// L1 hits per entry: (namespace tag, key).
+    /// Hits per entry (from L1, or read from L2): (namespace tag, key).
     hits: Mutex<HashMap<(String, Key), u64>>,
+    /// Flush requests this instance sent: answers received, by request.
+    answers: Mutex<HashMap<String, usize>>,
+    /// Woken on every answer.
+    answered: Notify,
+    /// Numbers this instance's flush requests.
+    requests: AtomicU64,
 }
 
 /// How long the fleet counters outlive their last flush.
 const STATS_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 impl RedisStore {
-    /// Counts a hit answered from L1 against the entry, flushed later.
+    /// Counts a hit answered from L1, or by a plain read of L2, against the
+    /// entry (`hits`, `last_hit_at`), flushed later.
     pub(crate) fn count_l1_hit(&self, ns: &str, key: &Key) {
         let mut hits = self
             .inner
@@ -57,6 +77,82 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// Flushes this instance's counters, then asks every other instance to
+    /// flush its own and waits for their answers (at most the write
+    /// timeout): what an analytics read does first.
+    pub(super) async fn flush_everywhere(&self) {
+        self.flush().await;
+        let request = format!(
+            "{}-{}",
+            self.instance,
+            self.pending.requests.fetch_add(1, Relaxed)
+        );
+        self.answers().insert(request.clone(), 0);
+        let deadline = tokio::time::Instant::now() + self.settings.write_timeout;
+        let waited = tokio::time::timeout_at(deadline, async {
+            let Ok(subscribers) = self.request_flush(&request).await else {
+                return;
+            };
+            loop {
+                let mut answered = pin!(self.pending.answered.notified());
+                answered.as_mut().enable();
+                if self.answers().get(&request).copied().unwrap_or(0) >= subscribers {
+                    return;
+                }
+                answered.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::debug!("not every instance answered a flush request in time");
+        }
+        self.answers().remove(&request);
+    }
+
+    /// Publishes a flush request; returns how many subscribers the events
+    /// channel has (each answers once): those `PUBLISH` reached on a single
+    /// node; on a cluster, where `PUBLISH` counts only the node's own, the
+    /// sum of `PUBSUB NUMSUB` over every node.
+    async fn request_flush(&self, request: &str) -> Result<usize, StoreError> {
+        let event = Event::Flush(request.to_owned());
+        match &self.conn {
+            Conn::Single(conn) => {
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(self.channel()).arg(event.encode());
+                let receivers: i64 = self
+                    .run(
+                        None,
+                        self.settings.write_timeout,
+                        publish.query_async(&mut conn.clone()),
+                    )
+                    .await?;
+                Ok(usize::try_from(receivers).unwrap_or(0))
+            }
+            Conn::Cluster(cluster) => {
+                let subscribers =
+                    super::cluster::subscribers(self, &mut cluster.clone(), &self.channel())
+                        .await?;
+                self.publish(event, None).await?;
+                Ok(subscribers)
+            }
+        }
+    }
+
+    /// An answer to a flush request, from any instance.
+    pub(super) fn answer(&self, request: &str) {
+        if let Some(answers) = self.answers().get_mut(request) {
+            *answers += 1;
+            self.pending.answered.notify_waiters();
+        }
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.pending
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Sends the counters kept locally.
     pub(super) async fn flush(&self) {
         let _flushing = self.flushing.lock().await;
@@ -112,6 +208,12 @@ impl Inner {
                 .await;
         }
     }
+}
+
+/// Flushes at another instance's request, then answers it.
+pub(super) async fn flush_on_request(inner: Arc<Inner>, request: String) {
+    inner.flush().await;
+    let _ = inner.publish(Event::Flushed(request), None).await;
 }
 
 /// Flushes every flush interval, for as long as the store lives.

@@ -1,6 +1,6 @@
-//! A request's path through Redis: look up or claim the key (one round
-//! trip), and after the upstream call, store the answer, release the lease
-//! and tell every waiter (one more).
+//! A request's path through Redis: read the entry (one round trip, all a
+//! hit costs), else claim the key (one more), and after the upstream call,
+//! store the answer, release the lease and tell every waiter (one more).
 
 use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::{
-    keys::{millis, ttl_millis},
+    keys::{millis, ttl_millis, Names},
     lease::Lease,
     pubsub::Event,
     scripts,
@@ -22,9 +22,46 @@ use crate::{
 
 impl RedisStore {
     /// Looks the key up, or claims its lease.
+    ///
+    /// A hit is a plain `HGET` of the record, at the cost of a `GET` in
+    /// Redis, counted locally like an L1 hit and flushed in batches
+    /// ([`count_l1_hit`](RedisStore::count_l1_hit)). Only when it finds no
+    /// record does the look-up-or-claim script run: the script reads the
+    /// entry again, atomically with the claim, so single flight across
+    /// instances stays exact (a record stored between the two is a hit).
     pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
         let inner = &self.inner;
         let names = inner.names(ns, key);
+        let mut conn = inner.conn.clone();
+        let read = async {
+            let mut get = redis::cmd("HGET");
+            get.arg(&names.entry).arg("r");
+            match get.query_async::<Value>(&mut conn).await {
+                // Not a hash: not ours, so a miss (the script says so too).
+                Err(error) if error.code() == Some("WRONGTYPE") => Ok(Value::Nil),
+                reply => reply,
+            }
+        };
+        match inner
+            .run(Some(&names.entry), inner.settings.timeout, read)
+            .await
+        {
+            Ok(Value::BulkString(bytes)) => {
+                let found = self.found(key, bytes);
+                if matches!(found, Lookup::Hit(_)) {
+                    self.count_l1_hit(ns, key);
+                }
+                return found;
+            }
+            Ok(_) => {}
+            Err(_) => return Lookup::Unavailable,
+        }
+        self.claim(key, &names).await
+    }
+
+    /// The look-up-or-claim script, after a read that found no record.
+    async fn claim(&self, key: &Key, names: &Names) -> Lookup {
+        let inner = &self.inner;
         let token = inner.next_token();
         let mut conn = inner.conn.clone();
         let mut invocation = scripts::LOOKUP.prepare_invoke();
@@ -37,7 +74,7 @@ impl RedisStore {
         // Armed before the script is sent: if we stop waiting for its answer
         // (a timeout, a cancelled request), the lease it may have claimed
         // under this token is released.
-        let lease = Lease::new(&self.inner, &names, *key, token);
+        let lease = Lease::new(&self.inner, names, *key, token);
         let mut reply: Vec<Value> = match inner
             .run(
                 Some(&names.entry),
@@ -56,17 +93,9 @@ impl RedisStore {
         };
         match reply.as_mut_slice() {
             [Value::Int(1), Value::BulkString(bytes)] => {
+                // Stored since the read (the script counted the hit).
                 lease.disarm();
-                // The record takes the reply's buffer: no copy.
-                match codec::decode(Bytes::from(std::mem::take(bytes))) {
-                    Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
-                    Ok(_) => Lookup::Garbage,
-                    Err(error) => {
-                        inner.decode_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(key = %key, %error, "ignoring an unreadable entry in redis");
-                        Lookup::Garbage
-                    }
-                }
+                self.found(key, std::mem::take(bytes))
             }
             [Value::Int(2)] => Lookup::Claimed(lease),
             [Value::Int(3), Value::Int(ttl)] => {
@@ -77,6 +106,20 @@ impl RedisStore {
                 inner.decode_errors.fetch_add(1, Relaxed);
                 tracing::warn!(key = %key, "unexpected reply from the look-up script");
                 Lookup::Unavailable
+            }
+        }
+    }
+
+    /// The record in a reply: a hit if it decodes and is fresh.
+    fn found(&self, key: &Key, bytes: Vec<u8>) -> Lookup {
+        // The record takes the reply's buffer: no copy.
+        match codec::decode(Bytes::from(bytes)) {
+            Ok(record) if record.is_fresh_at(now_millis()) => Lookup::Hit(Arc::new(record)),
+            Ok(_) => Lookup::Garbage,
+            Err(error) => {
+                self.inner.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, %error, "ignoring an unreadable entry in redis");
+                Lookup::Garbage
             }
         }
     }

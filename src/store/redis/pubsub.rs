@@ -3,6 +3,9 @@
 //! its answer will not be stored, and turns purges and refreshes made
 //! anywhere into [`Invalidation`]s for the L1 caches on this store.
 //!
+//! Analytics reads also ask every instance to flush its counters here, and
+//! are answered here ([`Event::Flush`], [`Event::Flushed`]).
+//!
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
 //! may go through any node: it uses the first node that answers (the seeds
 //! given, then the nodes found at connect), and moves to the next when its
@@ -10,11 +13,16 @@
 //! are lost, so on every new subscription but the first the waiters look
 //! again and every L1 is told to drop everything ([`Invalidation::Missed`]).
 
-use std::{future::poll_fn, pin::Pin, sync::Weak, time::Duration};
+use std::{
+    future::poll_fn,
+    pin::Pin,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use futures_core::Stream;
 
-use super::{connection::Conn, error::StoreError, store::Inner};
+use super::{connection::Conn, counters::flush_on_request, error::StoreError, store::Inner};
 use crate::{key::Key, store::invalidation::Invalidation};
 
 /// What travels on the events channel.
@@ -33,6 +41,11 @@ pub(super) enum Event {
     Purged(Key),
     /// This namespace was purged: evict L1 whole.
     PurgedNamespace,
+    /// An analytics read (named by this request) asks every instance to
+    /// flush its counters now.
+    Flush(String),
+    /// An instance flushed at this request.
+    Flushed(String),
 }
 
 impl Event {
@@ -43,6 +56,8 @@ impl Event {
             Self::Replaced(key, origin) => format!("r:{key}:{origin}"),
             Self::Purged(key) => format!("p:{key}"),
             Self::PurgedNamespace => "n".to_owned(),
+            Self::Flush(request) => format!("f:{request}"),
+            Self::Flushed(request) => format!("a:{request}"),
         }
     }
 
@@ -56,6 +71,8 @@ impl Event {
                 let (hex, origin) = rest.split_once(':')?;
                 Key::from_hex(hex).map(|key| Self::Replaced(key, origin.to_owned()))
             }
+            Some(("f", request)) if !request.is_empty() => Some(Self::Flush(request.to_owned())),
+            Some(("a", request)) if !request.is_empty() => Some(Self::Flushed(request.to_owned())),
             None if text == "n" => Some(Self::PurgedNamespace),
             _ => None,
         }
@@ -196,7 +213,7 @@ impl Inner {
     }
 
     /// Acts on a message from any instance (this one included).
-    fn dispatch(&self, event: Event) {
+    fn dispatch(self: &Arc<Self>, event: Event) {
         match event {
             Event::Done(key) => self.waiters.wake(&key),
             Event::Unstored(key) => self.waiters.pass(&key),
@@ -209,6 +226,12 @@ impl Inner {
             }
             Event::Purged(key) => self.invalidate(Invalidation::Purged(key)),
             Event::PurgedNamespace => self.invalidate(Invalidation::PurgedNamespace),
+            Event::Flush(request) => {
+                // Off the subscription's task: the flush makes round trips.
+                self.runtime
+                    .spawn(flush_on_request(Arc::clone(self), request));
+            }
+            Event::Flushed(request) => self.answer(&request),
         }
     }
 }
@@ -226,6 +249,8 @@ mod tests {
             Event::Replaced(key, "a1b2c3".to_owned()),
             Event::Purged(key),
             Event::PurgedNamespace,
+            Event::Flush("a1b2c3-7".to_owned()),
+            Event::Flushed("a1b2c3-7".to_owned()),
         ] {
             assert_eq!(Event::decode(event.encode().as_bytes()), Some(event));
         }
@@ -237,6 +262,8 @@ mod tests {
             b"\xff\xfe",
             b"n:extra",
             b"r:00",
+            b"f:",
+            b"a:",
         ] {
             assert_eq!(Event::decode(garbage), None);
         }

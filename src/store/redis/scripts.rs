@@ -4,7 +4,9 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Look up, or claim the lease.
+/// Look up, or claim the lease: run when a plain `HGET` of the record (the
+/// whole of a hit) found none, so it reads the entry again, atomically with
+/// the claim (a record stored in between is a hit, counted here).
 ///
 /// `KEYS[1]` the entry (a hash: `r` the record, `hits`, `last_hit_at`,
 /// `created_at`), `KEYS[2]` the lease. `ARGV[1]` the caller's lease token,

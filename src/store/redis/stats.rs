@@ -7,9 +7,11 @@ use crate::key::Key;
 
 /// Totals of every instance sharing one Redis.
 ///
-/// Each instance counts locally and adds its counts to Redis in batches, so
-/// the totals trail the instances by up to a flush interval; the instance
-/// that asks flushes its own first. Serialises to JSON for a dashboard.
+/// Each instance counts locally and adds its counts to Redis in batches,
+/// every flush interval. The instance that asks flushes its own first and
+/// asks every other instance to flush (waiting for their answers for at most
+/// the write timeout), so the totals include every instance that answered.
+/// Serialises to JSON for a dashboard.
 ///
 /// # Examples
 ///

@@ -51,11 +51,14 @@ use crate::store::invalidation::Invalidation;
 ///
 /// # Round trips
 ///
-/// An L2 hit is one round trip (a Lua script that reads the entry and counts
-/// the hit); a miss is two (look-up-or-claim, then store-and-release-and-
-/// notify). Hits answered from L1 are counted locally and flushed in
+/// An L2 hit is one round trip, a plain `HGET` of the record, which costs
+/// Redis what a `GET` does; a miss is three (that read, a Lua script that
+/// looks up again or claims the lease atomically, then store-and-release-
+/// and-notify), as it pays for an upstream call anyway. Hits, whether
+/// answered from L1 or read from L2, are counted locally and flushed in
 /// batches every [`flush_interval`](super::builder::RedisStoreBuilder::flush_interval), as
-/// are the fleet totals ([`fleet_stats`](RedisStore::fleet_stats)).
+/// are the fleet totals ([`fleet_stats`](RedisStore::fleet_stats)); every
+/// analytics read flushes this instance's counts first.
 ///
 /// # Single flight across instances
 ///
