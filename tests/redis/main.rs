@@ -10,6 +10,7 @@ mod key_header;
 mod leases;
 mod limits;
 mod sharing;
+mod streams;
 
 use std::time::Duration;
 
