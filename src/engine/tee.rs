@@ -189,14 +189,15 @@ impl Engine {
         let stream = stream.map(|stream| (stream, trailers.clone()));
         leader.complete(trailers);
         drop(leader);
-        // The end reaches remote followers before the lease is released.
-        if let Some((stream, trailers)) = stream {
-            stream.finish(trailers.as_ref()).await;
-        }
         if claim.is_some() {
             self.l2
                 .complete(&job.ns, &job.key, lease, stored.as_deref())
                 .await;
+        }
+        // The end reaches remote followers once the entry is stored: a
+        // request that arrives after it finds the entry.
+        if let Some((stream, trailers)) = stream {
+            stream.finish(trailers.as_ref()).await;
         }
     }
 

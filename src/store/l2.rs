@@ -299,6 +299,7 @@ mod disabled {
     }
 
     /// Never received without Redis.
+    #[allow(dead_code)]
     pub(crate) enum StreamEntry {
         Chunk(bytes::Bytes),
         End(Option<http::HeaderMap>),

@@ -64,7 +64,10 @@ where
 {
     let mut trailers = None;
     loop {
-        match timeout(PATIENCE, body.frame()).await.expect("the body ends in time") {
+        match timeout(PATIENCE, body.frame())
+            .await
+            .expect("the body ends in time")
+        {
             None => return Ok((Bytes::from(so_far), trailers)),
             Some(Err(error)) => return Err(format!("{error:?}")),
             Some(Ok(frame)) => match frame.into_data() {
@@ -158,7 +161,11 @@ async fn a_remote_follower_gets_the_leaders_chunks_live_and_byte_identical() {
     // The leader stored it; its stream goes soon after.
     let (inner, _, _) = streaming(SSE);
     let again = fetch(&b.layer(inner), post("/v1/chat", "stream me")).await;
-    assert!(again.cache_status().contains("hit"), "{}", again.cache_status());
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
     assert_eq!(again.body, led.body);
     let streams = || server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
     until("the stream is deleted", || streams().is_empty()).await;
@@ -208,9 +215,19 @@ async fn a_leader_instance_that_dies_mid_stream_fails_its_remote_followers() {
     let leader = runtime_a
         .spawn(async move {
             let a = IdempotencyLayer::builder()
-                .redis(store(&url).lease(Duration::from_millis(600)).connect().await.unwrap())
+                .redis(
+                    store(&url)
+                        .lease(Duration::from_millis(600))
+                        .connect()
+                        .await
+                        .unwrap(),
+                )
                 .build();
-            let response = a.layer(inner_a).oneshot(post("/v1/chat", "stream me")).await.unwrap();
+            let response = a
+                .layer(inner_a)
+                .oneshot(post("/v1/chat", "stream me"))
+                .await
+                .unwrap();
             (a, response)
         })
         .await
@@ -257,14 +274,20 @@ async fn answers_not_to_be_shared_never_reach_redis_and_let_remote_waiters_throu
 
     // The duplicate does not wait for the private answer: it goes through.
     let started = Instant::now();
-    let other = timeout(Duration::from_secs(2), fetch(&service_b, post("/v1/chat", "stream me")))
-        .await
-        .expect("not kept waiting for an answer it may not share");
+    let other = timeout(
+        Duration::from_secs(2),
+        fetch(&service_b, post("/v1/chat", "stream me")),
+    )
+    .await
+    .expect("not kept waiting for an answer it may not share");
     assert_eq!(other.body, "fresh #2");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(calls.get(), 2);
     let streams = server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
-    assert!(streams.is_empty(), "a private answer reached redis: {streams}");
+    assert!(
+        streams.is_empty(),
+        "a private answer reached redis: {streams}"
+    );
     feed.data("data: done\n\n");
     drop(feed);
     let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
