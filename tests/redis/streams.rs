@@ -347,3 +347,45 @@ async fn on_a_cluster_a_remote_follower_gets_the_chunks_live_and_byte_identical(
     assert_eq!(calls.get(), 1);
     assert_eq!(b.stats().coalesced, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    // Instance A connects as a user of its own, so that the test can cut
+    // A alone off: disable the user and kill its connections.
+    server.cli(&[
+        "ACL", "SETUSER", "leader", "on", ">secret", "~*", "&*", "+@all",
+    ]);
+    let a_url = format!("redis://leader:secret@127.0.0.1:{}/", server.port());
+    let a = instance(store(&a_url).lease(Duration::from_millis(600))).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    server.cli(&["ACL", "SETUSER", "leader", "off"]);
+    server.cli(&["CLIENT", "KILL", "USER", "leader"]);
+    let cut = Instant::now();
+    feed.data("data: 2\n\n");
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "the follower noticed after {:?}",
+        cut.elapsed()
+    );
+
+    // The leader's own caller gets every byte.
+    feed.data("data: 3\n\n");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert_eq!(calls.get(), 1);
+}
