@@ -17,8 +17,12 @@
 //!
 //! Runs, one per `stream_batch` setting (0 ms: append every chunk at once;
 //! 10 ms, the default). Redis commands per answer are `INFO commandstats`
-//! over the run divided by the answers, the leader's look-up, store and
-//! stream writes and the follower's look-up and reads together.
+//! over the run divided by the answers: those of the stream (the leader's
+//! `XADD` and `PEXPIRE`, its `PUBLISH` that the stream started, the
+//! follower's `XRANGE`/`XREVRANGE` for the head and the reader's `XREAD`
+//! and lease checks), and the look-ups and the store (`EVALSHA`) of both
+//! instances. Background commands that depend on time, not on answers
+//! (counter flushes, subscription pings), are left out.
 //!
 //! ```text
 //! cargo bench --bench streams -- --answers 30
@@ -170,29 +174,43 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counts = commands(server);
     latencies.sort();
-    let total: u64 = counts
-        .iter()
-        .filter(|(c, _)| *c != "info" && *c != "config|resetstat")
-        .map(|(_, n)| n)
-        .sum();
-    let mut detail: Vec<_> = counts
-        .into_iter()
-        .filter(|(c, _)| c != "info" && !c.starts_with("config"))
-        .collect();
-    detail.sort();
+    let per_answer = |names: &[&str]| -> f64 {
+        names
+            .iter()
+            .map(|name| counts.get(*name).copied().unwrap_or(0))
+            .sum::<u64>() as f64
+            / answers as f64
+    };
+    let detail = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|name| format!("{name} {:.1}", per_answer(&[name])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    const STREAM: &[&str] = &[
+        "xadd",
+        "pexpire",
+        "publish",
+        "xrange",
+        "xrevrange",
+        "xread",
+        "exists",
+    ];
+    const ENTRY: &[&str] = &["evalsha", "eval"];
     println!(
-        "stream_batch {:>2} ms: chunk latency A upstream -> B caller p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} chunks; redis commands per answer {:.1} ({})",
+        "stream_batch {:>2} ms, a chunk every {} ms: chunk latency A upstream -> B caller p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} chunks; \
+         redis commands per answer: stream {:.1} ({}), look-ups and store {:.1} ({})",
         batch.as_millis(),
+        gap.as_millis(),
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
         latencies.len(),
-        total as f64 / answers as f64,
-        detail
-            .iter()
-            .map(|(c, n)| format!("{c} {:.1}", *n as f64 / answers as f64))
-            .collect::<Vec<_>>()
-            .join(", ")
+        per_answer(STREAM),
+        detail(STREAM),
+        per_answer(ENTRY),
+        detail(ENTRY),
     );
 }
 

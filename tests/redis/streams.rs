@@ -389,3 +389,34 @@ async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_follow
     assert_eq!(body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    let limited = || async {
+        IdempotencyLayer::builder()
+            .max_response_body(64)
+            .redis(store(&server.url()).connect().await.unwrap())
+            .build()
+    };
+    let (a, b) = (limited().await, limited().await);
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    let large = format!("data: {}\n\n", "x".repeat(100));
+    feed.data(large.clone());
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, format!("data: 1\n\n{large}"));
+    assert_eq!(calls.get(), 1);
+}

@@ -85,6 +85,7 @@ impl RedisStore {
             name: inner.stream_name(ns, key),
             key: *key,
             limit,
+            expiry_set: None,
         };
         inner
             .runtime
@@ -102,11 +103,13 @@ struct Task {
     name: String,
     key: Key,
     limit: u64,
+    /// When the stream's expiry was last pushed back.
+    expiry_set: Option<Instant>,
 }
 
 impl Task {
     async fn run(
-        self,
+        mut self,
         head: Vec<u8>,
         mut ops: mpsc::UnboundedReceiver<Op>,
         written: oneshot::Sender<()>,
@@ -170,9 +173,18 @@ impl Task {
         }
     }
 
-    /// Appends `entries` and sets the stream's expiry (`expire`, else the
-    /// stream TTL) in one round trip. Returns whether it worked.
-    async fn append(&self, entries: &[(&str, Vec<u8>)], expire: Option<Duration>) -> bool {
+    /// Appends `entries` in one round trip, with the stream's expiry:
+    /// `expire` when given (the end), else the stream TTL, pushed back only
+    /// once a quarter of it has passed. Returns whether it worked.
+    async fn append(&mut self, entries: &[(&str, Vec<u8>)], expire: Option<Duration>) -> bool {
+        let ttl = self.inner.settings.stream_ttl;
+        let now = Instant::now();
+        let expire = expire.or_else(|| {
+            let due = self
+                .expiry_set
+                .is_none_or(|set| now.duration_since(set) >= ttl / 4);
+            due.then_some(ttl)
+        });
         let inner = &self.inner;
         let mut pipe = redis::pipe();
         for (field, value) in entries {
@@ -183,18 +195,24 @@ impl Task {
                 .arg(value.as_slice())
                 .ignore();
         }
-        pipe.cmd("PEXPIRE")
-            .arg(&self.name)
-            .arg(millis(expire.unwrap_or(inner.settings.stream_ttl)))
-            .ignore();
-        inner
+        if let Some(expire) = expire {
+            pipe.cmd("PEXPIRE")
+                .arg(&self.name)
+                .arg(millis(expire))
+                .ignore();
+        }
+        let appended = inner
             .run(
                 Some(&self.name),
                 inner.settings.write_timeout,
                 pipe.query_async::<()>(&mut inner.conn.clone()),
             )
             .await
-            .is_ok()
+            .is_ok();
+        if appended && expire.is_some() {
+            self.expiry_set = Some(now);
+        }
+        appended
     }
 }
 
@@ -237,5 +255,33 @@ async fn gather(ops: &mut mpsc::UnboundedReceiver<Op>, first: Option<Op>, time: 
             }
             Err(_) => return batch,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gathers_chunks_until_its_time_the_end_or_the_leader_going() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(Op::Chunk(Bytes::from("a"))).unwrap();
+        tx.send(Op::Chunk(Bytes::from("b"))).unwrap();
+        let first = rx.recv().await;
+        let batch = gather(&mut rx, first, Duration::from_millis(10)).await;
+        assert_eq!(&batch.body[..], b"ab");
+        assert!(batch.end.is_none() && !batch.gone, "cut by time");
+
+        tx.send(Op::Chunk(Bytes::from("c"))).unwrap();
+        tx.send(Op::End(None)).unwrap();
+        tx.send(Op::Chunk(Bytes::from("never"))).unwrap();
+        let batch = gather(&mut rx, None, Duration::from_secs(60)).await;
+        assert_eq!(&batch.body[..], b"c");
+        assert!(matches!(batch.end, Some(None)), "cut by the end");
+
+        drop(tx);
+        rx.recv().await;
+        let batch = gather(&mut rx, None, Duration::from_secs(60)).await;
+        assert!(batch.gone, "cut by the leader going");
     }
 }
