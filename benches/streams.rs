@@ -95,6 +95,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, gap: Duration) {
     let connect = || async {
         let redis = RedisStore::builder(server.url())
+            .streams(true)
             .stream_batch(batch)
             .connect()
             .await

@@ -20,7 +20,7 @@ use crate::{
     flight::Head,
     policy,
     record::{now_millis, Meta, Record, Vary},
-    store::StreamWriter,
+    store::{Lease, StreamWriter},
 };
 
 impl Engine {
@@ -98,7 +98,7 @@ impl Engine {
         };
         let lease = claim.as_ref().and_then(|claim| claim.lease.as_ref());
         // Waiters on other instances follow it live.
-        let stream = lease.and_then(|_| self.stream_writer(&job, &head));
+        let stream = lease.and_then(|lease| self.stream_writer(&job, &head, lease));
 
         let mut usage = UsageReader::new(&head.headers);
         let limit = self.config.max_response_body as u64;
@@ -204,7 +204,7 @@ impl Engine {
     /// Starts streaming a storable answer to the key's waiters elsewhere:
     /// its head as they will get it (shareable headers, the `Vary` digest,
     /// the `Idempotency-Key` fingerprint), capped by the response limit.
-    fn stream_writer(&self, job: &Job, head: &Head) -> Option<StreamWriter> {
+    fn stream_writer(&self, job: &Job, head: &Head, lease: &Lease) -> Option<StreamWriter> {
         let now = now_millis();
         let meta = Meta {
             fingerprint: job.fingerprint,
@@ -223,7 +223,8 @@ impl Engine {
             info: meta,
         };
         let limit = self.config.max_response_body as u64;
-        self.l2.stream_writer(&job.ns, &job.key, &record, limit)
+        self.l2
+            .stream_writer(&job.ns, &job.key, &record, limit, lease)
     }
 
     /// What every reader shares of the upstream head, whether the response

@@ -224,18 +224,20 @@ impl L2 {
     }
 
     /// Streams a shareable answer whose head is `head` (a record without a
-    /// body) to waiters on other instances, where the store can.
+    /// body) to waiters on other instances, where the store can; `lease`
+    /// is the leader's, which names its entries.
     pub(crate) fn stream_writer(
         &self,
         ns: &str,
         key: &Key,
         head: &Record,
         limit: u64,
+        lease: &Lease,
     ) -> Option<StreamWriter> {
-        let _ = (ns, key, head, limit);
+        let _ = (ns, key, head, limit, lease);
         match &self.backend {
             #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.stream_writer(ns, key, head, limit),
+            Backend::Redis(redis) => redis.stream_writer(ns, key, head, limit, lease),
             _ => None,
         }
     }

@@ -12,12 +12,24 @@ use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use tokio::time::timeout;
 use tower::{Layer, ServiceExt};
-use tower_idempotency::{Idempotency, IdempotencyLayer, RedisStore, ResponseBody};
+use tower_idempotency::{
+    Idempotency, IdempotencyLayer, RedisStore, RedisStoreBuilder, ResponseBody,
+};
 
-use crate::{instance, store, support::*};
+use crate::support::*;
 use redis_server::{RedisCluster, RedisServer};
 
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A store on `url` with streams on, and waits that only a notification
+/// can cut short (see `crate::store`).
+fn store(url: &str) -> RedisStoreBuilder {
+    crate::store(url).streams(true)
+}
+
+async fn instance(redis: RedisStoreBuilder) -> IdempotencyLayer {
+    crate::instance(redis).await
+}
 
 /// An upstream whose first call answers with a body the test feeds (with
 /// `headers`); later calls answer `fresh #<call>` at once.
@@ -328,6 +340,7 @@ async fn on_a_cluster_a_remote_follower_gets_the_chunks_live_and_byte_identical(
     let cluster = RedisCluster::start();
     let connect = || async {
         let redis = RedisStore::cluster_builder(cluster.urls())
+            .streams(true)
             .poll_interval(Duration::from_secs(5))
             .timeout(Duration::from_millis(500))
             .connect()
@@ -418,5 +431,37 @@ async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
     drop(feed);
     let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
     assert_eq!(body, format!("data: 1\n\n{large}"));
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    // Another leader holds the key now (A's lease ran out while Redis was
+    // away): what A still appends is not that leader's answer.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
+    let taken = Instant::now();
+    feed.data("data: 2\n\n");
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(taken.elapsed() < Duration::from_secs(5));
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: 1\n\ndata: 2\n\n");
     assert_eq!(calls.get(), 1);
 }

@@ -48,7 +48,7 @@ impl Default for Settings {
             flush_interval: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(2),
-            streams: true,
+            streams: false,
             stream_batch: Duration::from_millis(10),
             stream_ttl: Duration::from_secs(60),
         }
@@ -169,8 +169,16 @@ impl RedisStoreBuilder {
     }
 
     /// Whether a leader streams its answer to waiters on other instances
-    /// as it arrives (a Redis Stream per key, see the module docs), rather
-    /// than have them wait for the stored entry. Default: on.
+    /// as it arrives (a Redis Stream per key), rather than have them wait
+    /// for the stored entry. Default: off.
+    ///
+    /// The trade-off: a waiter elsewhere gets the first bytes as soon as
+    /// the leader does, but once it has forwarded the head it can no longer
+    /// go through itself. If the leader fails, loses Redis or dies
+    /// mid-stream, if Redis fails, or if an answer of unknown length grows
+    /// past the response limit, its body ends with an error (never a
+    /// truncated body passed off as complete) where, without streams, it
+    /// would have waited and then gone through.
     pub fn streams(mut self, enabled: bool) -> Self {
         self.settings.streams = enabled;
         self

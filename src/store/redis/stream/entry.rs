@@ -13,6 +13,9 @@ pub(super) const HEAD: &str = "h";
 pub(super) const CHUNK: &str = "c";
 pub(super) const END: &str = "e";
 pub(super) const FAILED: &str = "f";
+/// The second field of every entry: the lease token of the leader that
+/// wrote it.
+pub(super) const WRITER: &str = "w";
 
 /// What a follower receives after the head.
 #[derive(Debug)]
@@ -51,6 +54,8 @@ pub(super) struct Raw {
     pub(super) id: String,
     pub(super) field: Vec<u8>,
     pub(super) value: Bytes,
+    /// The lease token of the leader that wrote it.
+    pub(super) writer: Option<Bytes>,
 }
 
 impl Raw {
@@ -80,6 +85,11 @@ impl Raw {
     pub(super) fn is_failure(&self) -> bool {
         self.field == FAILED.as_bytes()
     }
+
+    /// Whether the leader holding the lease `token` wrote it.
+    pub(super) fn written_by(&self, token: &[u8]) -> bool {
+        self.writer.as_deref() == Some(token)
+    }
 }
 
 /// The entries of an `XRANGE` reply (or of one stream in an `XREAD`
@@ -102,13 +112,18 @@ pub(super) fn entries(value: &Value) -> Vec<Raw> {
             let Value::Array(fields) = fields else {
                 return None;
             };
-            let [field, value, ..] = fields.as_slice() else {
+            let [field, value, rest @ ..] = fields.as_slice() else {
                 return None;
+            };
+            let writer = match rest {
+                [name, writer, ..] if bytes(name)?.as_ref() == WRITER.as_bytes() => bytes(writer),
+                _ => None,
             };
             Some(Raw {
                 id,
                 field: bytes(field)?.to_vec(),
                 value: bytes(value)?,
+                writer,
             })
         })
         .collect()

@@ -12,11 +12,19 @@
 //! | `e` | the end of a complete body: its trailers, in the record's binary form |
 //! | `f` | the end of a failed body (upstream error, idle, too large): a reason |
 //!
+//! Every entry also carries `w`: the lease token of the leader that wrote
+//! it. A leader starts its stream afresh (`DEL`, then its head); should its
+//! lease pass to another leader while it still appends (Redis paused past
+//! the lease), followers skip the entries that are not their leader's, and
+//! fail when they find the lease held by another.
+//!
+//! Off by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
+//!
 //! A stream is only written for an answer that may be shared and stored:
 //! a `private` or oversized answer never reaches Redis, and its waiters are
 //! told to go through at once (the events channel's `Unstored`). Its bytes
 //! are capped by the response limit, and it expires
-//! [`stream_ttl`](super::builder::RedisStoreBuilder::stream_ttl) after its
+//! [`stream_ttl`](crate::store::redis::RedisStoreBuilder::stream_ttl) after its
 //! last append; once its end is appended it lives only a short grace more,
 //! for followers still catching up.
 //!

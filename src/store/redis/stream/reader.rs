@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use redis::{aio::MultiplexedConnection, Value};
 use tokio::sync::{mpsc, Notify};
 
@@ -45,6 +46,9 @@ pub(crate) struct Readers {
 
 struct Followed {
     lease: String,
+    /// The lease token of the leader whose answer this is: entries of
+    /// another are skipped, and the lease held by another is the leader gone.
+    writer: Bytes,
     /// The id of the last entry handed over.
     last: String,
     entries: mpsc::UnboundedSender<StreamEntry>,
@@ -62,6 +66,16 @@ impl Readers {
     fn fail_all(&self, why: &'static str) {
         for (_, followed) in self.map().drain() {
             let _ = followed.entries.send(StreamEntry::Failed(why));
+        }
+    }
+
+    /// Fails the streams named (their node failed), and forgets them.
+    fn fail(&self, names: &[String], why: &'static str) {
+        let mut map = self.map();
+        for name in names {
+            if let Some(followed) = map.remove(name) {
+                let _ = followed.entries.send(StreamEntry::Failed(why));
+            }
         }
     }
 }
@@ -100,8 +114,11 @@ impl RedisStore {
         if inner.readers.map().contains_key(&name) {
             return None;
         }
-        // The first entry (the head) and the last (a failure already?).
+        // The lease's holder, the stream's first entry (the head) and its
+        // last (a failure already?).
+        let lease = inner.names(ns, key).lease;
         let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&lease);
         pipe.cmd("XRANGE")
             .arg(&name)
             .arg("-")
@@ -114,7 +131,7 @@ impl RedisStore {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let (first, last): (Value, Value) = inner
+        let (holder, first, last): (Option<Vec<u8>>, Value, Value) = inner
             .run(
                 Some(&name),
                 inner.settings.timeout,
@@ -122,11 +139,17 @@ impl RedisStore {
             )
             .await
             .ok()?;
+        // The head must be the lease holder's: a stream left by a leader
+        // that lost its lease is not followed.
+        let writer = Bytes::from(holder?);
         let first = entry::entries(&first).into_iter().next()?;
-        if entry::entries(&last)
+        if !first.written_by(&writer) {
+            return None;
+        }
+        let failed = entry::entries(&last)
             .first()
-            .is_some_and(|last| last.is_failure())
-        {
+            .is_some_and(|last| last.written_by(&writer) && last.is_failure());
+        if failed {
             return None;
         }
         let head = first.head()?;
@@ -139,7 +162,8 @@ impl RedisStore {
             map.insert(
                 name.clone(),
                 Followed {
-                    lease: inner.names(ns, key).lease,
+                    lease,
+                    writer,
                     last: first.id,
                     entries: tx,
                     quiet_since: Instant::now(),
@@ -208,7 +232,7 @@ pub(in crate::store::redis) async fn read_streams(
                     .arg(BLOCK.as_millis() as u64);
                 xread.arg("STREAMS").arg(&names).arg(&ids);
                 match tokio::time::timeout(deadline, xread.query_async::<Value>(conn)).await {
-                    Ok(Ok(value)) => Ok(entry::streams(&value)),
+                    Ok(Ok(value)) => Ok((entry::streams(&value), Vec::new())),
                     _ => Err(()),
                 }
             }
@@ -220,26 +244,29 @@ pub(in crate::store::redis) async fn read_streams(
                     let mut cluster = cluster.clone();
                     let mut xread = redis::cmd("XREAD");
                     xread.arg("COUNT").arg(256).arg("STREAMS").arg(name).arg(id);
+                    let name = name.clone();
                     reads.spawn(async move {
                         let read = xread.query_async::<Value>(&mut cluster);
                         match tokio::time::timeout(deadline, read).await {
                             Ok(Ok(value)) => Ok(entry::streams(&value)),
-                            _ => Err(()),
+                            _ => Err(name),
                         }
                     });
                 }
-                let mut found = Ok(Vec::new());
+                // A failing node fails only the streams it holds.
+                let (mut found, mut failed) = (Vec::new(), Vec::new());
                 while let Some(read) = reads.join_next().await {
-                    match (read, &mut found) {
-                        (Ok(Ok(streams)), Ok(found)) => found.extend(streams),
-                        _ => found = Err(()),
+                    match read {
+                        Ok(Ok(streams)) => found.extend(streams),
+                        Ok(Err(name)) => failed.push(name),
+                        Err(_) => {}
                     }
                 }
-                found
+                Ok((found, failed))
             }
             (None, Conn::Single(_)) => Err(()),
         };
-        let Ok(found) = read else {
+        let Ok((found, failed)) = read else {
             // Redis failed or stopped answering mid-stream: nobody's body
             // may pass for complete.
             blocking = None;
@@ -250,6 +277,7 @@ pub(in crate::store::redis) async fn read_streams(
             continue;
         };
         backoff = Duration::from_millis(50);
+        readers.fail(&failed, "redis failed while following the stream");
         let got_any = !found.is_empty();
         deliver(&readers, found);
         check_leases(&store, &readers).await;
@@ -271,6 +299,10 @@ fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
         let mut ended = false;
         for raw in raws {
             followed.last = raw.id.clone();
+            // Another leader's, after this one lost the lease.
+            if !raw.written_by(&followed.writer) {
+                continue;
+            }
             followed.quiet_since = now;
             followed.orphaned = false;
             let Some(entry) = raw.entry() else { continue };
@@ -290,16 +322,19 @@ fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
 /// still there? A lease gone without an end read since fails the stream.
 async fn check_leases(store: &Inner, readers: &Readers) {
     let now = Instant::now();
-    let quiet: Vec<(String, String)> = readers
+    let quiet: Vec<(String, String, Bytes)> = readers
         .map()
         .iter()
         .filter(|(_, followed)| now.duration_since(followed.quiet_since) >= QUIET)
-        .map(|(name, followed)| (name.clone(), followed.lease.clone()))
+        .map(|(name, followed)| {
+            let writer = followed.writer.clone();
+            (name.clone(), followed.lease.clone(), writer)
+        })
         .collect();
-    for (name, lease) in quiet {
+    for (name, lease, writer) in quiet {
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(&lease).cmd("EXISTS").arg(&name);
-        let found: Result<(u8, u8), _> = store
+        pipe.cmd("GET").arg(&lease).cmd("EXISTS").arg(&name);
+        let found: Result<(Option<Vec<u8>>, u8), _> = store
             .run(
                 Some(&name),
                 store.settings.timeout,
@@ -319,15 +354,16 @@ async fn check_leases(store: &Inner, readers: &Readers) {
                     .send(StreamEntry::Failed("the stream went away"));
                 map.remove(&name);
             }
-            // The leader is gone, and the read since found no end.
-            Ok((0, _)) if followed.orphaned => {
+            Ok((holder, _)) if holder.as_deref() == Some(&writer[..]) => followed.orphaned = false,
+            // The leader is gone (or lost its lease), and the read since
+            // found no end.
+            Ok(_) if followed.orphaned => {
                 let _ = followed
                     .entries
                     .send(StreamEntry::Failed("the leader went away mid-stream"));
                 map.remove(&name);
             }
-            Ok((0, _)) => followed.orphaned = true,
-            Ok(_) => followed.orphaned = false,
+            Ok(_) => followed.orphaned = true,
             // A failed check proves nothing; the reads will tell.
             Err(_) => {}
         }

@@ -14,12 +14,13 @@ use tokio::{
     time::{timeout_at, Instant},
 };
 
-use super::entry::{self, CHUNK, END, FAILED, HEAD};
+use super::entry::{self, CHUNK, END, FAILED, HEAD, WRITER};
 use crate::{
     key::Key,
     record::Record,
     store::redis::{
         keys::millis,
+        lease::Lease,
         pubsub::Event,
         store::{Inner, RedisStore},
     },
@@ -73,6 +74,7 @@ impl RedisStore {
         key: &Key,
         head: &Record,
         limit: u64,
+        lease: &Lease,
     ) -> Option<StreamWriter> {
         let inner = &self.inner;
         if !inner.settings.streams {
@@ -85,6 +87,7 @@ impl RedisStore {
             name: inner.stream_name(ns, key),
             key: *key,
             limit,
+            writer: lease.token.clone(),
             expiry_set: None,
         };
         inner
@@ -103,6 +106,10 @@ struct Task {
     name: String,
     key: Key,
     limit: u64,
+    /// The leader's lease token, on every entry: should the lease pass to
+    /// another leader while this one still writes, followers tell the two
+    /// apart.
+    writer: String,
     /// When the stream's expiry was last pushed back.
     expiry_set: Option<Instant>,
 }
@@ -187,12 +194,19 @@ impl Task {
         });
         let inner = &self.inner;
         let mut pipe = redis::pipe();
+        if self.expiry_set.is_none() {
+            // A new leader starts a new stream: what an earlier one left is
+            // not this answer.
+            pipe.cmd("DEL").arg(&self.name).ignore();
+        }
         for (field, value) in entries {
             pipe.cmd("XADD")
                 .arg(&self.name)
                 .arg("*")
                 .arg(*field)
                 .arg(value.as_slice())
+                .arg(WRITER)
+                .arg(&self.writer)
                 .ignore();
         }
         if let Some(expire) = expire {
