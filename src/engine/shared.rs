@@ -1,6 +1,7 @@
 //! The shared store (L2) step, taken by the local leader: a hit, the lease
 //! on the key (then the upstream call), or a wait for the instance that
-//! holds it, woken by its notification, within the wait deadline.
+//! holds it, woken by its notification, within the wait deadline; or, when
+//! that instance streams its answer, forward the stream as it arrives.
 
 use std::{
     pin::pin,
@@ -12,11 +13,19 @@ use http_body::Body;
 
 use super::{
     observe::Outcome,
-    respond::in_flight,
+    respond::{in_flight, key_reused},
     upstream::{Answer, Pending, Upstream},
     Engine,
 };
-use crate::{body::RequestBody, error::BoxError, flight::Leader, store::Lookup};
+use crate::{
+    body::RequestBody,
+    cache_status::CacheStatus,
+    error::BoxError,
+    flight::{Head, Leader},
+    policy,
+    record::Vary,
+    store::{Follow, Lookup, StreamEntry},
+};
 
 impl Engine {
     /// The local leader asks the shared store: a hit, the lease (then call
@@ -87,6 +96,10 @@ impl Engine {
                         }
                         return self.call_upstream(leader, None, pending).await;
                     }
+                    // A leader that streams its answer: forward it live.
+                    if let Some(follow) = self.l2.follow(&job.ns, &job.key).await {
+                        return self.follow_remote(leader, pending, follow).await;
+                    }
                     // Woken by the notification; else look again when the
                     // lease could have run out, and at least every poll
                     // interval in case a message was lost.
@@ -95,6 +108,74 @@ impl Engine {
                         .min(deadline.map_or(Duration::MAX, |deadline| deadline - now));
                     let _ = tokio::time::timeout(nap, notified).await;
                 }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Follows the answer another instance streams: its head now, its body
+    /// as it arrives, relayed through this instance's flight so that local
+    /// followers share it too. Nothing is stored here: the leader stores.
+    async fn follow_remote<B, U>(
+        self: Arc<Self>,
+        leader: Leader,
+        pending: Pending<U>,
+        follow: Follow,
+    ) -> Answer<U::Body, U::Error>
+    where
+        U: Upstream<RequestBody<B>>,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        let job = &pending.job;
+        let record = Arc::clone(&follow.head);
+        // Not for this request's values of the headers it varies on.
+        if !self.fits(job, &record, pending.headers()) {
+            return self.call_upstream(leader, None, pending).await;
+        }
+        if let (Some(mine), Some(theirs)) = (job.fingerprint, record.info.fingerprint) {
+            if mine != theirs {
+                return Ok(self.reject(key_reused()));
+            }
+        }
+        let head = Arc::new(Head {
+            status: record.status,
+            version: record.version,
+            headers: record.headers.clone(),
+            shared_headers: record.headers.clone(),
+            content_length: policy::content_length(&record.headers),
+            storable: false,
+            promised: false,
+            shareable: true,
+            vary: Vary::of(&record.headers, self.keyed()),
+            vary_digest: record.info.vary,
+        });
+        let reader = leader.start(Arc::clone(&head));
+        self.observe(Outcome::Coalesced { live: true });
+        let idle = self.config.idle_timeout;
+        let limit = self.config.max_response_body as u64;
+        tokio::spawn(relay(leader, follow, idle, limit));
+        Ok(self.live(&head, &head.headers, reader, CacheStatus::Collapsed))
+    }
+}
+
+/// Publishes a remote stream's body into the local flight, until its end.
+/// A failure, a stream that stops, or one idle past the idle timeout ends
+/// the body with an error: never a truncated body passed off as complete.
+async fn relay(mut leader: Leader, mut follow: Follow, idle: Duration, limit: u64) {
+    loop {
+        match tokio::time::timeout(idle, follow.entries.recv()).await {
+            Ok(Some(StreamEntry::Chunk(chunk))) => {
+                leader.push(chunk, limit);
+            }
+            Ok(Some(StreamEntry::End(trailers))) => {
+                leader.complete(trailers);
+                return;
+            }
+            Ok(Some(StreamEntry::Failed(why))) => return leader.fail(why.into()),
+            Ok(None) => return leader.fail("the remote stream stopped before its end".into()),
+            Err(_) => {
+                return leader.fail("the remote stream was idle past the idle timeout".into())
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::pin, sync::Arc};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http::{response, HeaderMap};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -19,7 +19,8 @@ use crate::{
     error::BoxError,
     flight::Head,
     policy,
-    record::{now_millis, Record, Vary},
+    record::{now_millis, Meta, Record, Vary},
+    store::{Lease, StreamWriter},
 };
 
 impl Engine {
@@ -96,6 +97,8 @@ impl Engine {
             None
         };
         let lease = claim.as_ref().and_then(|claim| claim.lease.as_ref());
+        // Waiters on other instances follow it live.
+        let stream = lease.and_then(|lease| self.stream_writer(&job, &head, lease));
 
         let mut usage = UsageReader::new(&head.headers);
         let limit = self.config.max_response_body as u64;
@@ -129,12 +132,18 @@ impl Engine {
                 Ok(mut data) => {
                     let chunk = data.copy_to_bytes(data.remaining());
                     usage.feed(&chunk);
+                    if let Some(stream) = &stream {
+                        stream.chunk(&chunk);
+                    }
                     leader.push(chunk, limit);
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             }
         };
         if let Some(error) = failure {
+            if let Some(stream) = stream {
+                stream.fail();
+            }
             leader.fail(error);
             if claim.is_some() {
                 self.l2.complete(&job.ns, &job.key, lease, None).await;
@@ -177,6 +186,7 @@ impl Engine {
         // record is in L1: a newcomer finds one or the other, and a request
         // sent after the end never joins a flight whose answer was not
         // stored.
+        let stream = stream.map(|stream| (stream, trailers.clone()));
         leader.complete(trailers);
         drop(leader);
         if claim.is_some() {
@@ -184,6 +194,37 @@ impl Engine {
                 .complete(&job.ns, &job.key, lease, stored.as_deref())
                 .await;
         }
+        // The end reaches remote followers once the entry is stored: a
+        // request that arrives after it finds the entry.
+        if let Some((stream, trailers)) = stream {
+            stream.finish(trailers.as_ref()).await;
+        }
+    }
+
+    /// Starts streaming a storable answer to the key's waiters elsewhere:
+    /// its head as they will get it (shareable headers, the `Vary` digest,
+    /// the `Idempotency-Key` fingerprint), capped by the response limit.
+    fn stream_writer(&self, job: &Job, head: &Head, lease: &Lease) -> Option<StreamWriter> {
+        let now = now_millis();
+        let meta = Meta {
+            fingerprint: job.fingerprint,
+            vary: head.vary_digest,
+            ..Meta::default()
+        };
+        let record = Record {
+            status: head.status,
+            version: head.version,
+            headers: head.shared_headers.clone(),
+            body: Bytes::new(),
+            trailers: None,
+            created_at: now,
+            expires_at: now.saturating_add(u64::try_from(job.ttl.as_millis()).unwrap_or(u64::MAX)),
+            meta: meta.encode(),
+            info: meta,
+        };
+        let limit = self.config.max_response_body as u64;
+        self.l2
+            .stream_writer(&job.ns, &job.key, &record, limit, lease)
     }
 
     /// What every reader shares of the upstream head, whether the response

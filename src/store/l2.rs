@@ -12,12 +12,12 @@ use super::memory::MemoryStore;
 #[cfg(feature = "redis")]
 use super::redis::RedisStore;
 #[cfg(feature = "redis")]
-pub(crate) use super::redis::{Lease, Renewal, Watch};
+pub(crate) use super::redis::{Follow, Lease, Renewal, StreamEntry, StreamWriter, Watch};
 #[cfg(feature = "sqlite")]
 use super::sqlite::SqliteStore;
 
 #[cfg(not(feature = "redis"))]
-pub(crate) use disabled::{Lease, Renewal, Watch};
+pub(crate) use disabled::{Follow, Lease, Renewal, StreamEntry, StreamWriter, Watch};
 
 /// The fleet totals kept in the shared store.
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +234,35 @@ impl L2 {
         }
     }
 
+    /// Streams a shareable answer whose head is `head` (a record without a
+    /// body) to waiters on other instances, where the store can; `lease`
+    /// is the leader's, which names its entries.
+    pub(crate) fn stream_writer(
+        &self,
+        ns: &str,
+        key: &Key,
+        head: &Record,
+        limit: u64,
+        lease: &Lease,
+    ) -> Option<StreamWriter> {
+        let _ = (ns, key, head, limit, lease);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.stream_writer(ns, key, head, limit, lease),
+            _ => None,
+        }
+    }
+
+    /// Follows the answer another instance streams for `key`, if it does.
+    pub(crate) async fn follow(&self, ns: &str, key: &Key) -> Option<Follow> {
+        let _ = (ns, key);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.follow(ns, key).await,
+            _ => None,
+        }
+    }
+
     /// Errors, skipped operations and undecodable entries so far.
     pub(crate) fn health(&self) -> (u64, u64, u64) {
         match &self.backend {
@@ -261,4 +290,32 @@ mod disabled {
         }
     }
     pub(crate) struct Renewal;
+
+    /// Never made without Redis.
+    pub(crate) enum StreamWriter {}
+    impl StreamWriter {
+        pub(crate) fn chunk(&self, _: &bytes::Bytes) {
+            match *self {}
+        }
+        pub(crate) async fn finish(self, _: Option<&http::HeaderMap>) {
+            match self {}
+        }
+        pub(crate) fn fail(self) {
+            match self {}
+        }
+    }
+
+    /// Never made without Redis.
+    pub(crate) struct Follow {
+        pub(crate) head: std::sync::Arc<crate::record::Record>,
+        pub(crate) entries: tokio::sync::mpsc::UnboundedReceiver<StreamEntry>,
+    }
+
+    /// Never received without Redis.
+    #[allow(dead_code)]
+    pub(crate) enum StreamEntry {
+        Chunk(bytes::Bytes),
+        End(Option<http::HeaderMap>),
+        Failed(&'static str),
+    }
 }

@@ -22,5 +22,7 @@ pub(crate) mod redis;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-pub(crate) use l2::{Backend, FleetCounter, Lease, Lookup, Renewal, L2};
+pub(crate) use l2::{
+    Backend, FleetCounter, Follow, Lease, Lookup, Renewal, StreamEntry, StreamWriter, L2,
+};
 pub(crate) use memory::MemoryStore;

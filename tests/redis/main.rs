@@ -11,6 +11,7 @@ mod key_header;
 mod leases;
 mod limits;
 mod sharing;
+mod streams;
 
 use std::time::Duration;
 

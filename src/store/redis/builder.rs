@@ -17,6 +17,7 @@ use super::{
     keys::instance_id,
     pubsub,
     store::{Inner, RedisStore},
+    stream,
 };
 use crate::store::invalidation;
 
@@ -31,6 +32,9 @@ pub(super) struct Settings {
     pub(super) flush_interval: Duration,
     pub(super) breaker_failures: u32,
     pub(super) breaker_cooldown: Duration,
+    pub(super) streams: bool,
+    pub(super) stream_batch: Duration,
+    pub(super) stream_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +48,9 @@ impl Default for Settings {
             flush_interval: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(2),
+            streams: false,
+            stream_batch: Duration::from_millis(10),
+            stream_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -161,11 +168,44 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether a leader streams its answer to waiters on other instances
+    /// as it arrives (a Redis Stream per key), rather than have them wait
+    /// for the stored entry. Default: off.
+    ///
+    /// The trade-off: a waiter elsewhere gets the first bytes as soon as
+    /// the leader does, but once it has forwarded the head it can no longer
+    /// go through itself. If the leader fails, loses Redis or dies
+    /// mid-stream, if Redis fails, or if an answer of unknown length grows
+    /// past the response limit, its body ends with an error (never a
+    /// truncated body passed off as complete) where, without streams, it
+    /// would have waited and then gone through.
+    pub fn streams(mut self, enabled: bool) -> Self {
+        self.settings.streams = enabled;
+        self
+    }
+
+    /// How long a leader gathers body chunks before it appends them to its
+    /// stream in one round trip (or 64 KiB, whichever comes first): the
+    /// latency remote followers pay for a token stream costing one append
+    /// per batch rather than per token. Default: 10 ms; kept within zero
+    /// and one second.
+    pub fn stream_batch(mut self, batch: Duration) -> Self {
+        self.settings.stream_batch = batch.min(Duration::from_secs(1));
+        self
+    }
+
+    /// How long a stream outlives its last append when nobody ends it (its
+    /// leader's process died). Default: 60 s; kept within 1 s and one day.
+    pub fn stream_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.stream_ttl = ttl.clamp(Duration::from_secs(1), DAY);
+        self
+    }
+
     /// Connects. Fails if Redis cannot be reached now; afterwards, outages
     /// only make requests slower.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let settings = self.settings;
-        let (conn, event_nodes) = match &self.target {
+        let (conn, event_nodes, stream_client) = match &self.target {
             Target::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
@@ -179,7 +219,7 @@ impl RedisStoreBuilder {
                 )
                 .await
                 .map_err(|_| StoreError::timeout())??;
-                (Conn::Single(manager), vec![client])
+                (Conn::Single(manager), vec![client.clone()], Some(client))
             }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
@@ -209,7 +249,7 @@ impl RedisStoreBuilder {
                 let mut cluster = connection;
                 let others = other_nodes(&mut cluster, &nodes, settings.connect_timeout).await;
                 nodes.extend(others);
-                (Conn::Cluster(cluster), nodes)
+                (Conn::Cluster(cluster), nodes, None)
             }
         };
         let breakers = match &conn {
@@ -224,6 +264,7 @@ impl RedisStoreBuilder {
             conn,
             breakers,
             waiters: Arc::default(),
+            readers: Arc::default(),
             invalidations: broadcast::channel(invalidation::CAPACITY).0,
             runtime: Handle::current(),
             pending: Pending::default(),
@@ -244,7 +285,12 @@ impl RedisStoreBuilder {
             inner.settings.connect_timeout,
         ));
         let flusher = tokio::spawn(flush_periodically(Arc::downgrade(&inner)));
-        inner.tasks().extend([subscriber, flusher]);
+        let streams = tokio::spawn(stream::read_streams(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.readers),
+            stream_client,
+        ));
+        inner.tasks().extend([subscriber, flusher, streams]);
         Ok(RedisStore { inner })
     }
 }

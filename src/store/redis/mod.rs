@@ -15,6 +15,7 @@
 //! | `lease.rs` | a leader's claim on a key: renewal and release |
 //! | `waiters.rs` | local requests waiting for a key computed elsewhere |
 //! | `pubsub.rs` | the events channel: messages, the subscription, dispatch |
+//! | `stream/` | live streams across instances: the leader appends, followers elsewhere read |
 //! | `counters.rs` | hits and fleet totals counted locally, flushed in batches |
 //! | `admin.rs` | analytics and purges, off the request path |
 //! | `cluster.rs` | cluster nodes, and `SCAN` on every primary |
@@ -36,6 +37,7 @@ mod pubsub;
 pub(crate) mod scripts;
 mod stats;
 mod store;
+mod stream;
 mod waiters;
 
 pub use self::{
@@ -47,5 +49,6 @@ pub use self::{
 pub(crate) use self::{
     keys::ns_tag,
     lease::{Lease, Renewal},
+    stream::{Follow, StreamEntry, StreamWriter},
     waiters::Watch,
 };

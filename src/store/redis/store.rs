@@ -11,7 +11,8 @@ use std::{
 use tokio::{runtime::Handle, sync::broadcast, task::JoinHandle};
 
 use super::{
-    breaker::Breakers, builder::Settings, connection::Conn, counters::Pending, waiters::Waiters,
+    breaker::Breakers, builder::Settings, connection::Conn, counters::Pending, stream::Readers,
+    waiters::Waiters,
 };
 use crate::store::invalidation::Invalidation;
 
@@ -41,6 +42,7 @@ use crate::store::invalidation::Invalidation;
 /// |---|---|---|
 /// | `tidem:<ns>:{<key>}` | hash | `r` the record, `hits`, `last_hit_at`, `created_at` (ms); expires with the entry |
 /// | `tidem:<ns>:{<key>}:lease` | string | the token of the instance calling upstream for this key |
+/// | `tidem:<ns>:{<key>}:stream` | stream | the answer being recorded, for waiters elsewhere to follow live; expires shortly after its end |
 /// | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored`; expires 30 days after the last flush |
 /// | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere) |
 ///
@@ -97,6 +99,8 @@ pub(super) struct Inner {
     pub(super) settings: Settings,
     pub(super) breakers: Breakers,
     pub(super) waiters: Arc<Waiters>,
+    /// The remote streams local waiters follow, read by one task.
+    pub(super) readers: Arc<Readers>,
     /// Purges and refreshes made anywhere, for the L1 caches of the layers
     /// on this store. Each engine holds its own receiver: no L1 is kept
     /// alive here.

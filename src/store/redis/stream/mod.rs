@@ -1,0 +1,57 @@
+//! Live streams across instances: a leader appends its response to a Redis
+//! Stream while it records it, and waiters on other instances forward it to
+//! their callers as it arrives, instead of waiting for the stored entry.
+//!
+//! The stream of a key is `tidem:<ns>:{<key>}:stream`, in the slot of the
+//! entry and its lease. Its entries, each one field:
+//!
+//! | field | value |
+//! |---|---|
+//! | `h` | the head: status, version, shareable headers and metadata (the `Vary` digest, the `Idempotency-Key` fingerprint), in the record's binary form with an empty body |
+//! | `c` | body bytes: the chunks that arrived within one batch, concatenated |
+//! | `e` | the end of a complete body: its trailers, in the record's binary form |
+//! | `f` | the end of a failed body (upstream error, idle, too large): a reason |
+//!
+//! Every entry also carries `w`: the lease token of the leader that wrote
+//! it. A leader starts its stream afresh (`DEL`, then its head); should its
+//! lease pass to another leader while it still appends (Redis paused past
+//! the lease), followers skip the entries that are not their leader's, and
+//! fail when they find the lease held by another.
+//!
+//! Off by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
+//!
+//! A stream is only written for an answer that may be shared and stored:
+//! a `private` or oversized answer never reaches Redis, and its waiters are
+//! told to go through at once (the events channel's `Unstored`). Its bytes
+//! are capped by the response limit, and it expires
+//! [`stream_ttl`](crate::store::redis::RedisStoreBuilder::stream_ttl) after its
+//! last append; once its end is appended it lives only a short grace more,
+//! for followers still catching up.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `entry.rs` | the entries: encoding, and decoding defensively |
+//! | `writer.rs` | the leader's side: a task per streamed answer, batching appends |
+//! | `reader.rs` | the followers' side: one reader per store for every followed stream |
+
+mod entry;
+mod reader;
+mod writer;
+
+pub(crate) use self::{
+    entry::StreamEntry,
+    reader::{Follow, Readers},
+    writer::StreamWriter,
+};
+
+pub(super) use self::reader::read_streams;
+
+use super::store::Inner;
+use crate::key::Key;
+
+impl Inner {
+    /// The name of `key`'s stream, beside its entry and lease.
+    pub(super) fn stream_name(&self, ns: &str, key: &Key) -> String {
+        format!("{}:stream", self.names(ns, key).entry)
+    }
+}

@@ -1,0 +1,371 @@
+//! The followers' side: a waiter that finds the lease held by a leader
+//! that streams registers a [`Follow`]; one task per store reads every
+//! followed stream through one blocking connection (`XREAD BLOCK` over all
+//! of them at once on a single node) and hands each follower its entries.
+//!
+//! A follower's stream fails, and never passes for complete, when Redis
+//! fails or stops answering, when the stream disappears, or when the lease
+//! is gone without an end in the stream (the leader's process died, or it
+//! lost Redis).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use redis::{aio::MultiplexedConnection, Value};
+use tokio::sync::{mpsc, Notify};
+
+use super::entry::{self, StreamEntry};
+use crate::{
+    key::Key,
+    record::Record,
+    store::redis::{
+        connection::Conn,
+        store::{Inner, RedisStore},
+    },
+};
+
+/// How long one `XREAD` blocks: also how soon a stream registered while it
+/// blocks is read for the first time.
+const BLOCK: Duration = Duration::from_millis(50);
+/// On a cluster (no blocking read across slots), the pause between rounds
+/// that found nothing.
+const CLUSTER_PAUSE: Duration = Duration::from_millis(10);
+/// A stream quiet this long has its lease checked.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// The streams this store's followers read, by stream name.
+#[derive(Default)]
+pub(crate) struct Readers {
+    followed: Mutex<HashMap<String, Followed>>,
+    changed: Notify,
+}
+
+struct Followed {
+    lease: String,
+    /// The lease token of the leader whose answer this is: entries of
+    /// another are skipped, and the lease held by another is the leader gone.
+    writer: Bytes,
+    /// The id of the last entry handed over.
+    last: String,
+    entries: mpsc::UnboundedSender<StreamEntry>,
+    quiet_since: Instant,
+    /// The lease was found gone: one more read without an end fails it.
+    orphaned: bool,
+}
+
+impl Readers {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Followed>> {
+        self.followed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails every stream followed (Redis failed), and forgets them.
+    fn fail_all(&self, why: &'static str) {
+        for (_, followed) in self.map().drain() {
+            let _ = followed.entries.send(StreamEntry::Failed(why));
+        }
+    }
+
+    /// Fails the streams named (their node failed), and forgets them.
+    fn fail(&self, names: &[String], why: &'static str) {
+        let mut map = self.map();
+        for name in names {
+            if let Some(followed) = map.remove(name) {
+                let _ = followed.entries.send(StreamEntry::Failed(why));
+            }
+        }
+    }
+}
+
+/// A remote leader's answer, followed: its head, then its entries as they
+/// arrive. Dropping it stops reading the stream.
+pub(crate) struct Follow {
+    pub(crate) head: Arc<Record>,
+    pub(crate) entries: mpsc::UnboundedReceiver<StreamEntry>,
+    _registration: Registration,
+}
+
+struct Registration {
+    readers: Weak<Readers>,
+    name: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(readers) = self.readers.upgrade() {
+            readers.map().remove(&self.name);
+        }
+    }
+}
+
+impl RedisStore {
+    /// Follows `key`'s stream if the leader holding its lease streams an
+    /// answer that has not failed; `None` (wait as before) otherwise, or
+    /// when this store already follows it.
+    pub(crate) async fn follow(&self, ns: &str, key: &Key) -> Option<Follow> {
+        let inner = &self.inner;
+        if !inner.settings.streams {
+            return None;
+        }
+        let name = inner.stream_name(ns, key);
+        if inner.readers.map().contains_key(&name) {
+            return None;
+        }
+        // The lease's holder, the stream's first entry (the head) and its
+        // last (a failure already?).
+        let lease = inner.names(ns, key).lease;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&lease);
+        pipe.cmd("XRANGE")
+            .arg(&name)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        pipe.cmd("XREVRANGE")
+            .arg(&name)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let (holder, first, last): (Option<Vec<u8>>, Value, Value) = inner
+            .run(
+                Some(&name),
+                inner.settings.timeout,
+                pipe.query_async(&mut inner.conn.clone()),
+            )
+            .await
+            .ok()?;
+        // The head must be the lease holder's: a stream left by a leader
+        // that lost its lease is not followed.
+        let writer = Bytes::from(holder?);
+        let first = entry::entries(&first).into_iter().next()?;
+        if !first.written_by(&writer) {
+            return None;
+        }
+        let failed = entry::entries(&last)
+            .first()
+            .is_some_and(|last| last.written_by(&writer) && last.is_failure());
+        if failed {
+            return None;
+        }
+        let head = first.head()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut map = inner.readers.map();
+            if map.contains_key(&name) {
+                return None;
+            }
+            map.insert(
+                name.clone(),
+                Followed {
+                    lease,
+                    writer,
+                    last: first.id,
+                    entries: tx,
+                    quiet_since: Instant::now(),
+                    orphaned: false,
+                },
+            );
+        }
+        inner.readers.changed.notify_one();
+        Some(Follow {
+            head: Arc::new(head),
+            entries: rx,
+            _registration: Registration {
+                readers: Arc::downgrade(&inner.readers),
+                name,
+            },
+        })
+    }
+}
+
+/// Runs for the life of the store: reads the followed streams. `client` is
+/// the single node's, for a connection of its own that may block; on a
+/// cluster the reads go through the cluster connection without blocking.
+pub(in crate::store::redis) async fn read_streams(
+    inner: Weak<Inner>,
+    readers: Arc<Readers>,
+    client: Option<redis::Client>,
+) {
+    let mut blocking: Option<MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // Sleep while nobody follows anything.
+        let changed = readers.changed.notified();
+        if readers.map().is_empty() {
+            changed.await;
+            continue;
+        }
+        drop(changed);
+        let Some(store) = inner.upgrade() else { return };
+        let (names, ids): (Vec<String>, Vec<String>) = readers
+            .map()
+            .iter()
+            .map(|(name, followed)| (name.clone(), followed.last.clone()))
+            .unzip();
+        let deadline = BLOCK + store.settings.write_timeout;
+        let read = match (&client, &store.conn) {
+            (Some(client), _) => {
+                if blocking.is_none() {
+                    let connect = client.get_multiplexed_async_connection();
+                    match tokio::time::timeout(store.settings.connect_timeout, connect).await {
+                        Ok(Ok(conn)) => blocking = Some(conn),
+                        _ => {
+                            readers.fail_all("redis is unreachable");
+                            drop(store);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    }
+                }
+                let conn = blocking.as_mut().expect("connected above");
+                let mut xread = redis::cmd("XREAD");
+                xread
+                    .arg("COUNT")
+                    .arg(256)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64);
+                xread.arg("STREAMS").arg(&names).arg(&ids);
+                match tokio::time::timeout(deadline, xread.query_async::<Value>(conn)).await {
+                    Ok(Ok(value)) => Ok((entry::streams(&value), Vec::new())),
+                    _ => Err(()),
+                }
+            }
+            (None, Conn::Cluster(cluster)) => {
+                // One read per stream: a cluster refuses keys of several
+                // slots in one command.
+                let mut reads = tokio::task::JoinSet::new();
+                for (name, id) in names.iter().zip(&ids) {
+                    let mut cluster = cluster.clone();
+                    let mut xread = redis::cmd("XREAD");
+                    xread.arg("COUNT").arg(256).arg("STREAMS").arg(name).arg(id);
+                    let name = name.clone();
+                    reads.spawn(async move {
+                        let read = xread.query_async::<Value>(&mut cluster);
+                        match tokio::time::timeout(deadline, read).await {
+                            Ok(Ok(value)) => Ok(entry::streams(&value)),
+                            _ => Err(name),
+                        }
+                    });
+                }
+                // A failing node fails only the streams it holds.
+                let (mut found, mut failed) = (Vec::new(), Vec::new());
+                while let Some(read) = reads.join_next().await {
+                    match read {
+                        Ok(Ok(streams)) => found.extend(streams),
+                        Ok(Err(name)) => failed.push(name),
+                        Err(_) => {}
+                    }
+                }
+                Ok((found, failed))
+            }
+            (None, Conn::Single(_)) => Err(()),
+        };
+        let Ok((found, failed)) = read else {
+            // Redis failed or stopped answering mid-stream: nobody's body
+            // may pass for complete.
+            blocking = None;
+            readers.fail_all("redis failed while following the stream");
+            drop(store);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        backoff = Duration::from_millis(50);
+        readers.fail(&failed, "redis failed while following the stream");
+        let got_any = !found.is_empty();
+        deliver(&readers, found);
+        check_leases(&store, &readers).await;
+        drop(store);
+        if client.is_none() && !got_any {
+            tokio::time::sleep(CLUSTER_PAUSE).await;
+        }
+    }
+}
+
+/// Hands each follower its new entries; a stream that ended is forgotten.
+fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
+    let mut map = readers.map();
+    let now = Instant::now();
+    for (name, raws) in found {
+        let Some(followed) = map.get_mut(&name) else {
+            continue;
+        };
+        let mut ended = false;
+        for raw in raws {
+            followed.last = raw.id.clone();
+            // Another leader's, after this one lost the lease.
+            if !raw.written_by(&followed.writer) {
+                continue;
+            }
+            followed.quiet_since = now;
+            followed.orphaned = false;
+            let Some(entry) = raw.entry() else { continue };
+            ended = !matches!(entry, StreamEntry::Chunk(_));
+            let _ = followed.entries.send(entry);
+            if ended {
+                break;
+            }
+        }
+        if ended {
+            map.remove(&name);
+        }
+    }
+}
+
+/// Streams quiet for a while: is their lease still held, and the stream
+/// still there? A lease gone without an end read since fails the stream.
+async fn check_leases(store: &Inner, readers: &Readers) {
+    let now = Instant::now();
+    let quiet: Vec<(String, String, Bytes)> = readers
+        .map()
+        .iter()
+        .filter(|(_, followed)| now.duration_since(followed.quiet_since) >= QUIET)
+        .map(|(name, followed)| {
+            let writer = followed.writer.clone();
+            (name.clone(), followed.lease.clone(), writer)
+        })
+        .collect();
+    for (name, lease, writer) in quiet {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&lease).cmd("EXISTS").arg(&name);
+        let found: Result<(Option<Vec<u8>>, u8), _> = store
+            .run(
+                Some(&name),
+                store.settings.timeout,
+                pipe.query_async(&mut store.conn.clone()),
+            )
+            .await;
+        let mut map = readers.map();
+        let Some(followed) = map.get_mut(&name) else {
+            continue;
+        };
+        followed.quiet_since = now;
+        match found {
+            // The stream expired or was deleted under us.
+            Ok((_, 0)) => {
+                let _ = followed
+                    .entries
+                    .send(StreamEntry::Failed("the stream went away"));
+                map.remove(&name);
+            }
+            Ok((holder, _)) if holder.as_deref() == Some(&writer[..]) => followed.orphaned = false,
+            // The leader is gone (or lost its lease), and the read since
+            // found no end.
+            Ok(_) if followed.orphaned => {
+                let _ = followed
+                    .entries
+                    .send(StreamEntry::Failed("the leader went away mid-stream"));
+                map.remove(&name);
+            }
+            Ok(_) => followed.orphaned = true,
+            // A failed check proves nothing; the reads will tell.
+            Err(_) => {}
+        }
+    }
+}

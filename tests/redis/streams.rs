@@ -1,0 +1,467 @@
+//! Live streams across instances: a duplicate on another instance gets the
+//! leader's chunks as they arrive, byte for byte, and never a truncated
+//! body passed off as complete.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+use tokio::time::timeout;
+use tower::{Layer, ServiceExt};
+use tower_idempotency::{
+    Idempotency, IdempotencyLayer, RedisStore, RedisStoreBuilder, ResponseBody,
+};
+
+use crate::support::*;
+use redis_server::{RedisCluster, RedisServer};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A store on `url` with streams on, and waits that only a notification
+/// can cut short (see `crate::store`).
+fn store(url: &str) -> RedisStoreBuilder {
+    crate::store(url).streams(true)
+}
+
+async fn instance(redis: RedisStoreBuilder) -> IdempotencyLayer {
+    crate::instance(redis).await
+}
+
+/// An upstream whose first call answers with a body the test feeds (with
+/// `headers`); later calls answer `fresh #<call>` at once.
+fn streaming(headers: &'static [(&'static str, &'static str)]) -> (impl TestService, Calls, Feed) {
+    let (feed, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let (service, calls) = upstream(move |seen: Seen| {
+        let body = body.lock().unwrap().take();
+        async move {
+            match body {
+                Some(body) => {
+                    let mut response = Response::new(body.boxed());
+                    for (name, value) in headers {
+                        response
+                            .headers_mut()
+                            .insert(*name, http::HeaderValue::from_static(value));
+                    }
+                    response
+                }
+                None => respond(200, format!("fresh #{}", seen.call)),
+            }
+        }
+    });
+    (service, calls, feed)
+}
+
+const SSE: &[(&str, &str)] = &[("content-type", "text/event-stream")];
+
+/// Sends the test's request through `service` and returns the response
+/// with its body still streaming.
+async fn open<S: TestService>(service: &Idempotency<S>) -> Response<ResponseBody<TestBody>> {
+    let request = post("/v1/chat", "stream me");
+    timeout(PATIENCE, service.clone().oneshot(request))
+        .await
+        .expect("a response head in time")
+        .unwrap()
+}
+
+/// Reads the rest of a body: its bytes and trailers, or the error it ended with.
+async fn rest<B>(mut body: B, mut so_far: Vec<u8>) -> Result<(Bytes, Option<HeaderMap>), String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut trailers = None;
+    loop {
+        match timeout(PATIENCE, body.frame())
+            .await
+            .expect("the body ends in time")
+        {
+            None => return Ok((Bytes::from(so_far), trailers)),
+            Some(Err(error)) => return Err(format!("{error:?}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => so_far.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+        }
+    }
+}
+
+/// A leader streams; a duplicate on the other instance follows it live.
+/// Returns the follower's first chunk's arrival, the leader's last chunk's
+/// sending, and both whole answers.
+async fn live_on(
+    a: &IdempotencyLayer,
+    b: &IdempotencyLayer,
+) -> (Calls, Instant, Instant, Answer, (Bytes, Option<HeaderMap>)) {
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    assert_eq!(
+        leader.headers()["cache-status"],
+        "tower-idempotency; fwd=uri-miss"
+    );
+    feed.data("data: {\"token\":\"Hel\"}\n\n");
+
+    // The duplicate on the other instance: the head and the first chunk
+    // arrive while the leader's upstream is still generating.
+    let follower = open(&service_b).await;
+    let (parts, mut follower_body) = follower.into_parts();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .expect("the first chunk arrives while the leader streams")
+        .expect("a first chunk");
+    let first_at = Instant::now();
+    assert!(first.starts_with(b"data: {\"token\":\"Hel\"}"));
+
+    // The rest of a 1 s generation, then trailers.
+    let generation = tokio::spawn(async move {
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            feed.data(format!("data: {{\"token\":\"{i}\"}}\n\n"));
+        }
+        let last_at = Instant::now();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-usage", http::HeaderValue::from_static("42"));
+        feed.trailers(trailers);
+        last_at
+    });
+    let (leader_parts, leader_body) = leader.into_parts();
+    let (led, followed) = tokio::join!(
+        rest(leader_body, Vec::new()),
+        rest(follower_body, first.to_vec())
+    );
+    let last_at = generation.await.unwrap();
+    let (led_body, led_trailers) = led.expect("the leader's body completes");
+    let led = Answer {
+        status: leader_parts.status.as_u16(),
+        headers: leader_parts.headers,
+        body: led_body,
+        trailers: led_trailers,
+    };
+    let followed = followed.expect("the follower's body completes");
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers["content-type"], "text/event-stream");
+    assert_eq!(
+        parts.headers["cache-status"],
+        "tower-idempotency; fwd=uri-miss; collapsed"
+    );
+    (calls, first_at, last_at, led, followed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_follower_gets_the_leaders_chunks_live_and_byte_identical() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (calls, first_at, last_at, led, (body, trailers)) = live_on(&a, &b).await;
+
+    assert!(
+        first_at + Duration::from_millis(500) < last_at,
+        "the first chunk arrived {:?} before the leader's last: buffered, not live",
+        last_at.saturating_duration_since(first_at)
+    );
+    assert_eq!(body, led.body, "byte-identical");
+    assert_eq!(trailers, led.trailers);
+    assert_eq!(calls.get(), 1);
+    assert_eq!(b.stats().coalesced, 1);
+    assert_eq!(b.stats().upstream_calls, 0);
+
+    // The leader stored it; its stream goes soon after.
+    let (inner, _, _) = streaming(SSE);
+    let again = fetch(&b.layer(inner), post("/v1/chat", "stream me")).await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(again.body, led.body);
+    let streams = || server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
+    until("the stream is deleted", || streams().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_body_fails_fails_its_remote_followers_and_stores_nothing() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: partial\n\n");
+    let follower = open(&service_b).await;
+    let mut follower_body = follower.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: partial\n\n");
+
+    feed.fail();
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(rest(leader.into_body(), Vec::new()).await.is_err());
+
+    // Nothing was stored, on either instance.
+    let again = fetch(&service_b, post("/v1/chat", "stream me")).await;
+    assert_eq!(again.body, "fresh #2");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_instance_that_dies_mid_stream_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    let (inner, calls, feed) = streaming(SSE);
+    // Instance A in a runtime of its own: shutting it down is the process
+    // dying, lease, stream writer and all.
+    let runtime_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    let inner_a = inner.clone();
+    let leader = runtime_a
+        .spawn(async move {
+            let a = IdempotencyLayer::builder()
+                .redis(
+                    store(&url)
+                        .lease(Duration::from_millis(600))
+                        .connect()
+                        .await
+                        .unwrap(),
+                )
+                .build();
+            let response = a
+                .layer(inner_a)
+                .oneshot(post("/v1/chat", "stream me"))
+                .await
+                .unwrap();
+            (a, response)
+        })
+        .await
+        .unwrap();
+    feed.data("data: partial\n\n");
+    let b = instance(store(&server.url())).await;
+    let service_b = b.layer(inner);
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: partial\n\n");
+
+    let died = Instant::now();
+    runtime_a.shutdown_background();
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(
+        died.elapsed() < Duration::from_secs(5),
+        "the follower noticed after {:?}",
+        died.elapsed()
+    );
+    drop(leader);
+    // Nothing was stored: the next request goes through.
+    let again = fetch(&service_b, post("/v1/chat", "stream me")).await;
+    assert_eq!(again.body, "fresh #2");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_not_to_be_shared_never_reach_redis_and_let_remote_waiters_through() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(&[
+        ("content-type", "text/event-stream"),
+        ("cache-control", "private"),
+    ]);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: for the leader's caller only\n\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The duplicate does not wait for the private answer: it goes through.
+    let started = Instant::now();
+    let other = timeout(
+        Duration::from_secs(2),
+        fetch(&service_b, post("/v1/chat", "stream me")),
+    )
+    .await
+    .expect("not kept waiting for an answer it may not share");
+    assert_eq!(other.body, "fresh #2");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(calls.get(), 2);
+    let streams = server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
+    assert!(
+        streams.is_empty(),
+        "a private answer reached redis: {streams}"
+    );
+    feed.data("data: done\n\n");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: for the leader's caller only\n\ndata: done\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_fails_remote_followers_not_the_leaders_caller() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url()).write_timeout(Duration::from_millis(200))).await;
+    let b = instance(store(&server.url()).write_timeout(Duration::from_millis(200))).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+
+    server.kill();
+    let killed = Instant::now();
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(killed.elapsed() < Duration::from_secs(5));
+
+    // The leader's own caller gets every byte.
+    feed.data("data: 2\n\n");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_remote_follower_gets_the_chunks_live_and_byte_identical() {
+    let cluster = RedisCluster::start();
+    let connect = || async {
+        let redis = RedisStore::cluster_builder(cluster.urls())
+            .streams(true)
+            .poll_interval(Duration::from_secs(5))
+            .timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap();
+        IdempotencyLayer::builder().redis(redis).build()
+    };
+    let (a, b) = (connect().await, connect().await);
+    let (calls, first_at, last_at, led, (body, trailers)) = live_on(&a, &b).await;
+    assert!(
+        first_at + Duration::from_millis(500) < last_at,
+        "the first chunk arrived {:?} before the leader's last",
+        last_at.saturating_duration_since(first_at)
+    );
+    assert_eq!(body, led.body);
+    assert_eq!(trailers, led.trailers);
+    assert_eq!(calls.get(), 1);
+    assert_eq!(b.stats().coalesced, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    // Instance A connects as a user of its own, so that the test can cut
+    // A alone off: disable the user and kill its connections.
+    server.cli(&[
+        "ACL", "SETUSER", "leader", "on", ">secret", "~*", "&*", "+@all",
+    ]);
+    let a_url = format!("redis://leader:secret@127.0.0.1:{}/", server.port());
+    let a = instance(store(&a_url).lease(Duration::from_millis(600))).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    server.cli(&["ACL", "SETUSER", "leader", "off"]);
+    server.cli(&["CLIENT", "KILL", "USER", "leader"]);
+    let cut = Instant::now();
+    feed.data("data: 2\n\n");
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "the follower noticed after {:?}",
+        cut.elapsed()
+    );
+
+    // The leader's own caller gets every byte.
+    feed.data("data: 3\n\n");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    let limited = || async {
+        IdempotencyLayer::builder()
+            .max_response_body(64)
+            .redis(store(&server.url()).connect().await.unwrap())
+            .build()
+    };
+    let (a, b) = (limited().await, limited().await);
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    let large = format!("data: {}\n\n", "x".repeat(100));
+    feed.data(large.clone());
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, format!("data: 1\n\n{large}"));
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    // Another leader holds the key now (A's lease ran out while Redis was
+    // away): what A still appends is not that leader's answer.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
+    let taken = Instant::now();
+    feed.data("data: 2\n\n");
+    let followed = rest(follower_body, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+    assert!(taken.elapsed() < Duration::from_secs(5));
+    drop(feed);
+    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(body, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(calls.get(), 1);
+}
