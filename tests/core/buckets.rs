@@ -42,6 +42,7 @@ async fn a_thousand_repeats_spread_over_three_stored_answers() {
     assert_eq!(names, ["answer #1", "answer #2", "answer #3"]);
     // 997 picks at random out of 3 (plus the first of each): about 333
     // each; 250 is more than five standard deviations below.
+    println!("bucket distribution over 1,000 repeats: {counts:?}");
     for (body, count) in &counts {
         assert!(*count >= 250, "{body}: {count} of 1000: {counts:?}");
     }
