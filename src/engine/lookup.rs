@@ -35,6 +35,9 @@ impl Engine {
             let leader = self.flights.solo(job.key, job.fingerprint);
             return self.call_upstream(leader, None, pending).await;
         }
+        // Read before the look-up: if it has not moved when this request
+        // becomes a leader, nothing was stored under the key in between.
+        let generation = self.l1.generation(&job.key);
         if let Some(record) = self.l1.get(&job.key).await {
             if self.fits(job, &record, pending.headers()) {
                 return Ok(self.hit(job, &record, Outcome::HitL1));
@@ -89,11 +92,15 @@ impl Engine {
                 }
                 Role::Lead(leader) => {
                     // The look-up above may have raced a flight that stored
-                    // its answer and left the map: this one is authoritative.
-                    if let Some(record) = self.l1.get(&job.key).await {
-                        if self.fits(job, &record, pending.headers()) {
-                            leader.replay(Arc::clone(&record));
-                            return Ok(self.hit(job, &record, Outcome::HitL1));
+                    // its answer and left the map: look again, unless no
+                    // insert has completed since (a flight stores before it
+                    // leaves the map, and it left before this leader came).
+                    if self.l1.generation(&job.key) != generation {
+                        if let Some(record) = self.l1.get(&job.key).await {
+                            if self.fits(job, &record, pending.headers()) {
+                                leader.replay(Arc::clone(&record));
+                                return Ok(self.hit(job, &record, Outcome::HitL1));
+                            }
                         }
                     }
                     return self.lead_shared(leader, pending).await;

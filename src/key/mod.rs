@@ -19,6 +19,7 @@
 //! last, after a tag byte naming how it was prepared, which lets canonical JSON
 //! stream straight into the hasher without an intermediate buffer.
 
+mod hash;
 mod json;
 
 use std::{fmt, sync::Arc};
@@ -26,6 +27,7 @@ use std::{fmt, sync::Arc};
 use http::{request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
 
+pub(crate) use hash::BuildKeyHasher;
 pub(crate) use json::{canonicalize, IgnoreFields};
 
 /// Version of the framing below. Bump it when the framing changes, so that old
