@@ -207,7 +207,13 @@ async fn one(app: &App, case: Case) -> usize {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    response.into_body().collect().await.unwrap().to_bytes().len()
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .len()
 }
 
 /// `iters` requests over `width` tasks; the elapsed time.

@@ -52,7 +52,7 @@ use crate::{
     error::{BoxError, Error, ErrorKind},
     flight::Flights,
     idempotency_key,
-    key::{Key, KeySpec},
+    key::{Aliases, Key, KeySpec},
     policy::{self, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
     stats::{Counters, Stats},
     store::{Backend, MemoryStore, L2},
@@ -119,6 +119,8 @@ pub(crate) struct Engine {
     /// The default namespace's tag in the shared store.
     ns: String,
     flights: Arc<Flights>,
+    /// Raw digests of requests keyed before, and their keys.
+    aliases: Aliases,
     pub(crate) counters: Counters,
 }
 
@@ -131,6 +133,7 @@ impl Engine {
             ns: l2.tag(&config.key.namespace),
             l2,
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
+            aliases: Aliases::default(),
             counters: Counters::default(),
             config,
         }

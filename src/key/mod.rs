@@ -19,6 +19,7 @@
 //! last, after a tag byte naming how it was prepared, which lets canonical JSON
 //! stream straight into the hasher without an intermediate buffer.
 
+mod alias;
 mod hash;
 mod json;
 
@@ -27,6 +28,7 @@ use std::{fmt, sync::Arc};
 use http::{request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
 
+pub(crate) use alias::Aliases;
 pub(crate) use hash::BuildKeyHasher;
 pub(crate) use json::{canonicalize, IgnoreFields};
 
@@ -41,6 +43,8 @@ const KIND_HEADER: u8 = 2;
 const BODY_RAW: u8 = 0;
 const BODY_JSON: u8 = 1;
 const BODY_NORMALIZED: u8 = 2;
+/// The raw body in an alias (see [`KeySpec::key_aliased`]), never in a key.
+const BODY_ALIAS: u8 = 3;
 
 /// The fingerprint of a request: 32 bytes of SHA-256.
 ///
@@ -388,6 +392,50 @@ impl KeySpec {
             return Some(());
         }
 
+        self.frame_head(namespace, parts, sink);
+        self.frame_body(parts, body, sink);
+        Some(())
+    }
+
+    /// The key of a request in `namespace`, as [`key`](Self::key), found
+    /// through `aliases` when a byte-identical request was keyed before: a
+    /// repeat then costs one SHA-256 of its raw bytes, not the
+    /// canonicalisation of its JSON body.
+    ///
+    /// The alias is the digest of the same framing as the key's, up to the
+    /// body, followed by the raw body under a tag of its own. It covers
+    /// everything the key covers (namespace, method, authority, path, query,
+    /// vary headers) and the body byte for byte, so the key is a function of
+    /// it: two requests with different keys never share an alias. Only the
+    /// content key of a JSON body is aliased; a custom key function may read
+    /// anything in the request, and a raw or normalised body gains nothing.
+    pub(crate) fn key_aliased(
+        &self,
+        namespace: &str,
+        parts: &Parts,
+        body: &[u8],
+        aliases: &Aliases,
+    ) -> Option<Key> {
+        if self.custom.is_some() || !matches!(self.body, BodyMode::Json(_)) || !is_json(parts) {
+            return self.key(namespace, parts, body);
+        }
+        let mut hasher = Sha256::new();
+        self.frame_head(namespace, parts, &mut hasher);
+        let mut raw = hasher.clone();
+        raw.put(&[BODY_ALIAS]);
+        raw.put(body);
+        let raw = Key(raw.finalize().into());
+        if let Some(key) = aliases.get(&raw) {
+            return Some(key);
+        }
+        self.frame_body(parts, body, &mut hasher);
+        let key = Key(hasher.finalize().into());
+        aliases.insert(raw, key);
+        Some(key)
+    }
+
+    /// Writes the framing of a content key up to the body into `sink`.
+    fn frame_head(&self, namespace: &str, parts: &Parts, sink: &mut impl Sink) {
         sink.put(&[FORMAT_VERSION, KIND_CONTENT]);
         field(sink, namespace.as_bytes());
         field(sink, parts.method.as_str().as_bytes());
@@ -408,8 +456,6 @@ impl KeySpec {
         pairs.iter().for_each(|pair| field(sink, pair.as_bytes()));
 
         self.frame_vary(parts, sink);
-        self.frame_body(parts, body, sink);
-        Some(())
     }
 
     fn frame_vary(&self, parts: &Parts, sink: &mut impl Sink) {
