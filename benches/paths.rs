@@ -216,8 +216,15 @@ async fn one(app: &App, case: Case) -> usize {
         .len()
 }
 
+/// Requests measured so far, for a per-request count of instructions
+/// (`PATHS_COUNT=1 perf stat -e instructions:u <bench binary> --bench
+/// --profile-time 5 <one bench>`), which another process's load on the
+/// cores does not move.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
 /// `iters` requests over `width` tasks; the elapsed time.
 async fn run(app: &App, case: Case, width: u64, iters: u64) -> Duration {
+    REQUESTS.fetch_add(iters, Ordering::Relaxed);
     let start = Instant::now();
     let tasks: Vec<_> = (0..width)
         .map(|t| {
@@ -263,6 +270,9 @@ fn bench_paths(c: &mut Criterion) {
             }
         }
         group.finish();
+    }
+    if std::env::var_os("PATHS_COUNT").is_some() {
+        eprintln!("requests: {}", REQUESTS.load(Ordering::Relaxed));
     }
 }
 

@@ -33,7 +33,7 @@ impl Engine {
         let job = &pending.job;
         if job.refresh {
             let leader = self.flights.solo(job.key, job.fingerprint);
-            return self.call_upstream(leader, None, pending).await;
+            return Box::pin(self.call_upstream(leader, None, pending)).await;
         }
         // Read before the look-up: if it has not moved when this request
         // becomes a leader, nothing was stored under the key in between.
@@ -68,13 +68,15 @@ impl Engine {
                         if self.config.strict {
                             return Ok(self.reject(in_flight()));
                         }
-                        return self.alone(pending).await;
+                        return Box::pin(self.alone(pending)).await;
                     };
                     match joined {
                         Joined::Replay(record) if self.fits(job, &record, pending.headers()) => {
                             return Ok(self.hit(job, &record, Outcome::Coalesced { live: false }))
                         }
-                        Joined::Replay(_) | Joined::Alone => return self.alone(pending).await,
+                        Joined::Replay(_) | Joined::Alone => {
+                            return Box::pin(self.alone(pending)).await
+                        }
                         Joined::Live(head, reader, settled) => {
                             self.observe(Outcome::Coalesced { live: true });
                             if let Some((meta, bytes)) = settled {
@@ -103,7 +105,10 @@ impl Engine {
                             }
                         }
                     }
-                    return self.lead_shared(leader, pending).await;
+                    // Boxed: the leader's path (L2, the upstream call) is a
+                    // large future, which a hit should not carry (every
+                    // request's future is moved into place whole).
+                    return Box::pin(self.lead_shared(leader, pending)).await;
                 }
             }
         }
