@@ -155,8 +155,10 @@ mod tests {
 
     #[test]
     fn ignored_fields_and_invalid_json_still_key_as_without_aliases() {
-        let mut spec = KeySpec::default();
-        spec.body = crate::key::BodyMode::Json(IgnoreFields::new(["user"]));
+        let spec = KeySpec {
+            body: crate::key::BodyMode::Json(IgnoreFields::new(["user"])),
+            ..KeySpec::default()
+        };
         let aliases = Aliases::default();
         let a = keyed(&spec, &aliases, "", post("/"), r#"{"q":1,"user":"x"}"#);
         let b = keyed(&spec, &aliases, "", post("/"), r#"{"q":1,"user":"y"}"#);
