@@ -59,7 +59,11 @@ impl Engine {
         parts: &request::Parts,
         body: &[u8],
     ) -> Result<Option<(Key, Option<Key>)>, Error> {
-        let Some(content) = self.config.key.key(namespace, parts, body) else {
+        let Some(content) = self
+            .config
+            .key
+            .key_aliased(namespace, parts, body, &self.aliases)
+        else {
             return Ok(None);
         };
         let Some(mode) = self.config.key_header else {

@@ -33,8 +33,11 @@ impl Engine {
         let job = &pending.job;
         if job.refresh {
             let leader = self.flights.solo(job.key, job.fingerprint);
-            return self.call_upstream(leader, None, pending).await;
+            return Box::pin(self.call_upstream(leader, None, pending)).await;
         }
+        // Read before the look-up: if it has not moved when this request
+        // becomes a leader, nothing was stored under the key in between.
+        let generation = self.l1.generation(&job.key);
         if let Some(record) = self.l1.get(&job.key).await {
             if self.fits(job, &record, pending.headers()) {
                 return Ok(self.hit(job, &record, Outcome::HitL1));
@@ -65,13 +68,15 @@ impl Engine {
                         if self.config.strict {
                             return Ok(self.reject(in_flight()));
                         }
-                        return self.alone(pending).await;
+                        return Box::pin(self.alone(pending)).await;
                     };
                     match joined {
                         Joined::Replay(record) if self.fits(job, &record, pending.headers()) => {
                             return Ok(self.hit(job, &record, Outcome::Coalesced { live: false }))
                         }
-                        Joined::Replay(_) | Joined::Alone => return self.alone(pending).await,
+                        Joined::Replay(_) | Joined::Alone => {
+                            return Box::pin(self.alone(pending)).await
+                        }
                         Joined::Live(head, reader, settled) => {
                             self.observe(Outcome::Coalesced { live: true });
                             self.count_tenant_saved(job, settled.as_ref().map(|(meta, _)| &**meta));
@@ -91,14 +96,21 @@ impl Engine {
                 }
                 Role::Lead(leader) => {
                     // The look-up above may have raced a flight that stored
-                    // its answer and left the map: this one is authoritative.
-                    if let Some(record) = self.l1.get(&job.key).await {
-                        if self.fits(job, &record, pending.headers()) {
-                            leader.replay(Arc::clone(&record));
-                            return Ok(self.hit(job, &record, Outcome::HitL1));
+                    // its answer and left the map: look again, unless no
+                    // insert has completed since (a flight stores before it
+                    // leaves the map, and it left before this leader came).
+                    if self.l1.generation(&job.key) != generation {
+                        if let Some(record) = self.l1.get(&job.key).await {
+                            if self.fits(job, &record, pending.headers()) {
+                                leader.replay(Arc::clone(&record));
+                                return Ok(self.hit(job, &record, Outcome::HitL1));
+                            }
                         }
                     }
-                    return self.lead_shared(leader, pending).await;
+                    // Boxed: the leader's path (L2, the upstream call) is a
+                    // large future, which a hit should not carry (every
+                    // request's future is moved into place whole).
+                    return Box::pin(self.lead_shared(leader, pending)).await;
                 }
             }
         }

@@ -54,7 +54,7 @@ use crate::{
     error::{BoxError, Error, ErrorKind},
     flight::Flights,
     idempotency_key,
-    key::{Key, KeySpec},
+    key::{Aliases, Key, KeySpec},
     policy::{self, control, default_methods, Classified, Plan, Skip, StorePredicate, Successful},
     stats::{Counters, Stats},
     store::{Backend, MemoryStore, L2},
@@ -125,6 +125,8 @@ pub(crate) struct Engine {
     /// The default namespace's tag in the shared store.
     ns: String,
     flights: Arc<Flights>,
+    /// Raw digests of requests keyed before, and their keys.
+    aliases: Aliases,
     pub(crate) counters: Counters,
     /// Per-tenant savings, when counted.
     tenants: Option<Tenants>,
@@ -141,6 +143,7 @@ impl Engine {
             ns: l2.tag(&config.key.namespace),
             l2,
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
+            aliases: Aliases::default(),
             counters: Counters::default(),
             buckets: buckets::Buckets::default(),
             tenants: config

@@ -56,7 +56,7 @@ pub(crate) use leader::Leader;
 pub(crate) use reader::Reader;
 pub(crate) use state::{Flight, Head, Joined};
 
-use crate::key::Key;
+use crate::key::{BuildKeyHasher, Key};
 
 const SHARDS: usize = 64;
 
@@ -66,7 +66,7 @@ pub(crate) struct Flights {
     budget: Arc<Budget>,
 }
 
-type Shard = HashMap<Key, Arc<Flight>>;
+type Shard = HashMap<Key, Arc<Flight>, BuildKeyHasher>;
 
 /// What a request is to a flight.
 pub(crate) enum Role {

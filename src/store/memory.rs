@@ -1,7 +1,10 @@
 //! L1: an in-process `moka` cache weighed in bytes.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +16,7 @@ use moka::{
 };
 
 use crate::{
-    key::Key,
+    key::{BuildKeyHasher, Key},
     record::{now_millis, Record},
 };
 
@@ -41,11 +44,18 @@ const PROTECTED_FIFTHS: u64 = 1;
 /// Cheap to clone: moka's caches are themselves shared handles.
 #[derive(Clone)]
 pub(crate) struct MemoryStore {
-    probation: Cache<Key, Arc<Record>>,
-    protected: Cache<Key, Arc<Record>>,
+    probation: Cache<Key, Arc<Record>, BuildKeyHasher>,
+    protected: Cache<Key, Arc<Record>, BuildKeyHasher>,
     /// The protected segment's budget: a larger record stays in probation.
     protected_capacity: u64,
+    /// How many inserts have completed, in stripes by key: see
+    /// [`MemoryStore::generation`].
+    generations: Arc<[AtomicU64; STRIPES]>,
 }
+
+/// Stripes of [`MemoryStore::generation`]: enough that concurrent misses on
+/// different keys seldom share one.
+const STRIPES: usize = 64;
 
 /// Expires each entry when its record does, wherever it was created.
 struct UntilRecordExpires;
@@ -75,7 +85,7 @@ impl MemoryStore {
             .eviction_policy(EvictionPolicy::lru())
             .weigher(|_: &Key, record: &Arc<Record>| record.weight())
             .expire_after(UntilRecordExpires)
-            .build();
+            .build_with_hasher(BuildKeyHasher::default());
         let demote_into = probation.clone();
         let protected = Cache::builder()
             .name("tower-idempotency-l1-protected")
@@ -91,25 +101,50 @@ impl MemoryStore {
                     }
                 })
             })
-            .build();
+            .build_with_hasher(BuildKeyHasher::default());
         Self {
             probation,
             protected,
             protected_capacity,
+            generations: Arc::new([const { AtomicU64::new(0) }; STRIPES]),
         }
+    }
+
+    fn stripe(&self, key: &Key) -> &AtomicU64 {
+        // Keys are SHA-256 output: any byte spreads them evenly. Not the
+        // first, which picks the flight map's shard.
+        &self.generations[usize::from(key.as_bytes()[1]) % STRIPES]
+    }
+
+    /// A count that moves whenever an insert of `key` (or of a key sharing
+    /// its stripe) has completed. A miss that reads the same generation
+    /// before its look-up and later knows nobody stored `key` in between:
+    /// it need not look again.
+    pub(crate) fn generation(&self, key: &Key) -> u64 {
+        self.stripe(key).load(Ordering::Acquire)
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Option<Arc<Record>> {
         // moka expires on its own clock; the record's wall-clock deadline is
         // the authority (an entry from L2 may be close to it). Probation
         // first: a refreshed entry lands there and must shadow the old one.
+        //
+        // A segment without the key is passed over without a `get`: moka
+        // records every `get`, a miss too, and that record (with the
+        // housekeeping it triggers) was most of what a miss cost here, for
+        // an eviction policy (LRU) that has no use for misses.
         let now = now_millis();
-        if let Some(record) = self.probation.get(key).await {
-            if !record.is_fresh_at(now) {
-                return None;
+        if self.probation.contains_key(key) {
+            if let Some(record) = self.probation.get(key).await {
+                if !record.is_fresh_at(now) {
+                    return None;
+                }
+                self.promote(*key, &record).await;
+                return Some(record);
             }
-            self.promote(*key, &record).await;
-            return Some(record);
+        }
+        if !self.protected.contains_key(key) {
+            return None;
         }
         let record = self.protected.get(key).await?;
         record.is_fresh_at(now).then_some(record)
@@ -133,6 +168,7 @@ impl MemoryStore {
     pub(crate) async fn insert(&self, key: Key, record: Arc<Record>) {
         self.probation.insert(key, record).await;
         self.protected.invalidate(&key).await;
+        self.stripe(&key).fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) async fn remove(&self, key: &Key) {

@@ -425,3 +425,40 @@ async fn concurrent_keyed_retries_with_cache_directives_make_one_call_per_key_in
         assert_eq!(calls.get(), round + 1, "one call for round {round}");
     }
 }
+
+/// A byte-identical repeat finds its key by the raw body's digest; the same
+/// raw body on another path, for another tenant, in another namespace or
+/// with another query is still another entry, and a repeat that differs
+/// only in JSON layout is still the same one.
+#[tokio::test]
+async fn the_same_raw_body_elsewhere_is_not_a_hit() {
+    let (inner, calls) = numbered();
+    let service = IdempotencyLayer::builder()
+        .control_headers(true)
+        .build()
+        .layer(inner);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let first = fetch(&service, with("/v1/chat", &[], body)).await;
+    let again = fetch(&service, with("/v1/chat", &[], body)).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(calls.get(), 1);
+    let elsewhere: [(&str, &[(&str, &str)]); 5] = [
+        ("/v1/other", &[]),
+        ("/v1/chat?stream=1", &[]),
+        ("/v1/chat", &[("authorization", "Bearer tenant-b")]),
+        ("/v1/chat", &[("x-idempotency-namespace", "v2")]),
+        ("/v1/chat", &[("host", "b.example")]),
+    ];
+    for (n, (uri, headers)) in elsewhere.into_iter().enumerate() {
+        let other = fetch(&service, with(uri, headers, body)).await;
+        assert_ne!(other.body, first.body, "case {n}: {uri} {headers:?}");
+        assert_eq!(calls.get(), 2 + n, "case {n}");
+        // Its own repeat is its own hit.
+        let repeat = fetch(&service, with(uri, headers, body)).await;
+        assert_eq!(repeat.body, other.body, "case {n}");
+    }
+    let reordered = r#"{ "messages": [{"content":"hi","role":"user"}], "model": "m" }"#;
+    let same = fetch(&service, with("/v1/chat", &[], reordered)).await;
+    assert_eq!(same.body, first.body);
+    assert_eq!(calls.get(), 6);
+}

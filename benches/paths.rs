@@ -1,0 +1,362 @@
+//! The miss and hit paths end to end, against the bare application and the
+//! peers, in one run so that every ratio compares figures measured together.
+//!
+//! The application is an axum `Router` with two handlers that answer a fixed
+//! ~1 KiB JSON body at once: `GET /v1/answer` and `POST /v1/chat/completions`
+//! (which reads its body). Each request is a `oneshot` on a clone of the
+//! contender's router, on a 2-worker multi-thread runtime, and its response
+//! body is read whole. The contenders:
+//!
+//! - `bare`: the router alone;
+//! - `ours`: `.layer(IdempotencyLayer::new())`, the default configuration
+//!   (JSON canonicalised, default vary headers, moka L1, no L2);
+//! - `axum_idempotent`: `axum-idempotent` 0.6 over a `ruts` moka session
+//!   store, as `examples/loadgen.rs` sets it up (a session cookie is
+//!   established first; it caches only for a request that has one);
+//! - `tower_http_cache`: `tower-http-cache` 0.6 with its in-memory backend,
+//!   for GET only (it caches GET and HEAD).
+//!
+//! Cases: `get_hit`, `post_hit` (the same request every time, warmed so
+//! every measured one is a hit), `get_miss`, `post_miss` (a query or a
+//! body unique to each request). Each runs `seq` (one task, one request at
+//! a time) and `x8` (eight tasks at once); the time is per request.
+//!
+//! ```text
+//! cargo bench --bench paths -- --measurement-time 2 --warm-up-time 0.5
+//! ```
+
+use std::{
+    convert::Infallible,
+    hint::black_box,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    error_handling::HandleErrorLayer,
+    http::{header, HeaderValue, StatusCode},
+    routing::{get, post},
+    Router,
+};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::Request;
+use http_body_util::BodyExt;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_idempotency::IdempotencyLayer;
+
+const PROMPT: &str = r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Describe the attached product photo in one sentence."}]}"#;
+
+/// A chat-completions answer of about 1 KiB.
+fn answer_body() -> Bytes {
+    let text = "The photo shows a red canvas sneaker with a white rubber sole, \
+                photographed from the side on a plain grey background. "
+        .repeat(7);
+    let body = serde_json::json!({
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 52, "completion_tokens": 180, "total_tokens": 232}
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+fn handlers(answer: Bytes, calls: Arc<AtomicU64>) -> Router {
+    let respond = move || {
+        let answer = answer.clone();
+        calls.fetch_add(1, Ordering::Relaxed);
+        async move { ([(header::CONTENT_TYPE, "application/json")], answer) }
+    };
+    let on_post = respond.clone();
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(move |_prompt: Bytes| on_post()),
+        )
+        .route("/v1/answer", get(respond))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Bare,
+    Ours,
+    AxumIdempotent,
+    TowerHttpCache,
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Ours => "ours",
+            Self::AxumIdempotent => "axum_idempotent",
+            Self::TowerHttpCache => "tower_http_cache",
+        }
+    }
+}
+
+/// A contender's router, the cookie its requests carry, and its handler's
+/// call count.
+#[derive(Clone)]
+struct App {
+    router: Router,
+    cookie: Option<HeaderValue>,
+    calls: Arc<AtomicU64>,
+}
+
+async fn app(contender: Contender) -> App {
+    let calls = Arc::new(AtomicU64::new(0));
+    let answer = answer_body();
+    let router = match contender {
+        Contender::Bare => handlers(answer, Arc::clone(&calls)),
+        Contender::Ours => handlers(answer, Arc::clone(&calls)).layer(IdempotencyLayer::new()),
+        Contender::AxumIdempotent => peers::axum_idempotent(handlers(answer, Arc::clone(&calls))),
+        Contender::TowerHttpCache => peers::tower_http_cache(answer, Arc::clone(&calls)),
+    };
+    let cookie = match contender {
+        Contender::AxumIdempotent => Some(peers::establish_session(&router).await),
+        _ => None,
+    };
+    App {
+        router,
+        cookie,
+        calls,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Case {
+    GetHit,
+    PostHit,
+    GetMiss,
+    PostMiss,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Self::GetHit => "get_hit",
+            Self::PostHit => "post_hit",
+            Self::GetMiss => "get_miss",
+            Self::PostMiss => "post_miss",
+        }
+    }
+
+    fn contenders(self) -> &'static [Contender] {
+        use Contender::*;
+        match self {
+            Self::GetHit | Self::GetMiss => &[Bare, Ours, AxumIdempotent, TowerHttpCache],
+            Self::PostHit | Self::PostMiss => &[Bare, Ours, AxumIdempotent],
+        }
+    }
+
+    fn hit(self) -> bool {
+        matches!(self, Self::GetHit | Self::PostHit)
+    }
+}
+
+/// Unique across the whole run, so a miss is never a hit by accident.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn request(case: Case, cookie: Option<&HeaderValue>) -> Request<axum::body::Body> {
+    let mut request = match case {
+        Case::GetHit => Request::get("/v1/answer?q=sneaker")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+        Case::GetMiss => {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            Request::get(format!("/v1/answer?q=sneaker-{n}"))
+                .body(axum::body::Body::empty())
+                .unwrap()
+        }
+        Case::PostHit | Case::PostMiss => {
+            let body = match case {
+                Case::PostMiss => {
+                    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+                    Bytes::from(PROMPT.replace("one sentence", &format!("one sentence, #{n}")))
+                }
+                _ => Bytes::from_static(PROMPT.as_bytes()),
+            };
+            Request::post("/v1/chat/completions")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::AUTHORIZATION, "Bearer sk-bench-0123456789abcdef")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        }
+    };
+    if let Some(cookie) = cookie {
+        request.headers_mut().insert(header::COOKIE, cookie.clone());
+    }
+    request
+}
+
+async fn one(app: &App, case: Case) -> usize {
+    let response = app
+        .router
+        .clone()
+        .oneshot(request(case, app.cookie.as_ref()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .len()
+}
+
+/// Requests measured so far, for a per-request count of instructions
+/// (`PATHS_COUNT=1 perf stat -e instructions:u <bench binary> --bench
+/// --profile-time 5 <one bench>`), which another process's load on the
+/// cores does not move.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// `iters` requests over `width` tasks; the elapsed time.
+async fn run(app: &App, case: Case, width: u64, iters: u64) -> Duration {
+    REQUESTS.fetch_add(iters, Ordering::Relaxed);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..width)
+        .map(|t| {
+            let app = app.clone();
+            // Spread `iters` over the tasks, the remainder to the first ones.
+            let n = iters / width + u64::from(t < iters % width);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    black_box(one(&app, case).await);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn bench_paths(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for case in [Case::GetHit, Case::PostHit, Case::GetMiss, Case::PostMiss] {
+        let mut group = c.benchmark_group(case.name());
+        for (width_name, width) in [("seq", 1), ("x8", 8)] {
+            for &contender in case.contenders() {
+                let app = runtime.block_on(app(contender));
+                if case.hit() {
+                    // Warm: the first call stores.
+                    runtime.block_on(one(&app, case));
+                }
+                let before = app.calls.load(Ordering::Relaxed);
+                group.bench_function(BenchmarkId::new(contender.name(), width_name), |b| {
+                    b.iter_custom(|iters| runtime.block_on(run(&app, case, width, iters)))
+                });
+                let calls = app.calls.load(Ordering::Relaxed) - before;
+                if case.hit() && contender != Contender::Bare {
+                    assert_eq!(calls, 0, "{}: every measured call a hit", contender.name());
+                }
+            }
+        }
+        group.finish();
+    }
+    if std::env::var_os("PATHS_COUNT").is_some() {
+        eprintln!("requests: {}", REQUESTS.load(Ordering::Relaxed));
+    }
+}
+
+mod peers {
+    //! The peers, configured as their READMEs show (as in `examples/loadgen.rs`).
+
+    use super::*;
+    use axum_idempotent::{IdempotentLayer, IdempotentOptions};
+    use ruts::{
+        store::{moka::MokaStore, Ttl},
+        CookieOptions, Session, SessionLayer,
+    };
+    use tower_cookies::CookieManagerLayer;
+    use tower_http_cache::prelude::{CacheLayer, InMemoryBackend};
+
+    pub(super) fn axum_idempotent(app: Router) -> Router {
+        let store = Arc::new(MokaStore::builder().build());
+        app.route(
+            "/login",
+            post(|session: Session<MokaStore>| async move {
+                session
+                    .set("user", &"bench", Ttl::new(3600).unwrap(), None)
+                    .await
+                    .unwrap();
+                "ok"
+            }),
+        )
+        .layer(IdempotentLayer::<MokaStore>::new(
+            IdempotentOptions::default().expire_after(3600),
+        ))
+        .layer(
+            SessionLayer::new(store).with_cookie_options(
+                CookieOptions::build()
+                    .name("session")
+                    .max_age(3600)
+                    .path("/"),
+            ),
+        )
+        .layer(CookieManagerLayer::new())
+    }
+
+    pub(super) async fn establish_session(router: &Router) -> HeaderValue {
+        let request = Request::post("/login")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let cookie = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .find_map(|c| {
+                let c = c.to_str().ok()?;
+                c.starts_with("session=")
+                    .then(|| c.split(';').next().unwrap().to_owned())
+            })
+            .expect("a session cookie");
+        HeaderValue::from_str(&cookie).unwrap()
+    }
+
+    pub(super) fn tower_http_cache(answer: Bytes, calls: Arc<AtomicU64>) -> Router {
+        let cache = CacheLayer::builder(InMemoryBackend::new(10_000))
+            .ttl(Duration::from_secs(3600))
+            .build();
+        let handler = tower::service_fn(move |_: axum::extract::Request| {
+            let answer = answer.clone();
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(http_body_util::Full::new(answer))
+                        .unwrap(),
+                )
+            }
+        });
+        let service = ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+            }))
+            .layer(cache)
+            .service(handler);
+        Router::new().route_service("/v1/answer", service)
+    }
+}
+
+criterion_group!(benches, bench_paths);
+criterion_main!(benches);
