@@ -369,8 +369,12 @@ fn base64(bytes: &[u8]) -> String {
 /// most replayed entries.
 async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
     let layer = &admin.layer;
+    let mut fleet_tenants = Vec::new();
     let fleet = match layer.fleet_stats().await {
-        Some(Ok(fleet)) => json!(fleet),
+        Some(Ok(fleet)) => {
+            fleet_tenants = fleet.tenants.clone();
+            json!(fleet)
+        }
         Some(Err(error)) => {
             tracing::warn!(%error, "cannot read the fleet statistics from redis");
             Value::Null
@@ -378,6 +382,13 @@ async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
         None => Value::Null,
     };
     let stats = layer.stats();
+    // The dashboard's tenants: the fleet's when Redis has them, else this
+    // process's.
+    let tenants = if fleet_tenants.is_empty() {
+        stats.tenants.clone()
+    } else {
+        fleet_tenants
+    };
     let (entries, weighed) = layer.l1_usage().await;
     let history = admin
         .history
@@ -392,7 +403,7 @@ async fn stats(State(admin): State<Arc<Admin>>) -> Json<Value> {
         "history": history,
         "history_interval_ms": u64::try_from(admin.interval.as_millis()).unwrap_or(u64::MAX),
         "top_entries": admin.top_entries().await,
-        "tenants": stats.tenants,
+        "tenants": tenants,
     }))
 }
 

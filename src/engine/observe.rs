@@ -171,6 +171,14 @@ impl Engine {
     pub(super) fn count_tenant(&self, job: &Job, tally: Tally) {
         if let (Some(tenants), Some(tenant)) = (&self.tenants, job.tenant) {
             tenants.count(tenant, tally);
+            let counts = match tally {
+                Tally::Upstream => [1, 1, 0, 0, 0],
+                Tally::Saved {
+                    tokens,
+                    micro_dollars,
+                } => [1, 0, 1, tokens, micro_dollars],
+            };
+            self.l2.count_tenant(&tenant, counts);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{key::Key, record::Record};
+use crate::{key::Key, record::Record, tenants::TenantId};
 
 #[cfg(feature = "redis")]
 use super::invalidation::L1Subscription;
@@ -186,6 +186,16 @@ impl L2 {
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => redis.bucket_count(ns, key, ttl).await,
             _ => None,
+        }
+    }
+
+    /// Adds one request to its tenant's fleet counts (requests, upstream
+    /// calls, calls saved, tokens, micro-dollars), flushed later.
+    pub(crate) fn count_tenant(&self, tenant: &TenantId, counts: [u64; 5]) {
+        let _ = (tenant, counts);
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(redis) = &self.backend {
+            redis.count_tenant(tenant.to_string(), counts);
         }
     }
 

@@ -432,3 +432,43 @@ async fn a_refresh_evicts_the_entry_from_every_instances_l1() {
     assert!(fresh.is_ok(), "b kept answering the old entry: {seen:?}");
     assert_eq!(calls.get(), 2, "b read the fresh answer from redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_add_up_across_instances_that_share_a_secret() {
+    let server = RedisServer::start();
+    let instance = || async {
+        IdempotencyLayer::builder()
+            .tenant_secret("one fleet")
+            .redis(store(&server.url()).connect().await.unwrap())
+            .build()
+    };
+    let (a, b) = (instance().await, instance().await);
+    let (inner, calls) = numbered();
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let ask = |credential: &'static str| {
+        http::Request::post("/v1/chat")
+            .header("authorization", credential)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"q")))
+            .unwrap()
+    };
+    fetch(&service_a, ask("Bearer sk-alice")).await;
+    until("the entry is stored in redis", || a.stats().stored == 1).await;
+    for _ in 0..2 {
+        fetch(&service_b, ask("Bearer sk-alice")).await;
+        fetch(&service_a, ask("Bearer sk-alice")).await;
+    }
+    fetch(&service_b, ask("Bearer sk-bob")).await;
+    assert_eq!(calls.get(), 2, "alice once, bob once");
+
+    let fleet = b.fleet_stats().await.unwrap().unwrap();
+    assert_eq!(fleet.tenants.len(), 2, "{:?}", fleet.tenants);
+    let alice = &fleet.tenants[0];
+    assert_eq!(
+        (alice.requests, alice.upstream_calls, alice.calls_saved),
+        (5, 1, 4)
+    );
+    // Both instances name alice alike: her row is one row.
+    assert_eq!(alice.tenant, a.stats().tenants[0].tenant);
+    assert_eq!(alice.tenant, b.stats().tenants[0].tenant);
+    assert!(!format!("{fleet:?}").contains("sk-"));
+}

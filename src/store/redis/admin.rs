@@ -5,13 +5,14 @@ use std::collections::HashMap;
 
 use super::{
     cluster::{scan, scan_reachable},
+    counters::TENANT_FIELDS,
     error::StoreError,
     keys::ns_tag,
     pubsub::Event,
     stats::{EntryStats, FleetStats, TopEntry},
     store::RedisStore,
 };
-use crate::{key::Key, record::Meta};
+use crate::{key::Key, record::Meta, tenants::TenantStats};
 
 impl RedisStore {
     /// Totals of every instance sharing this Redis, once every instance has
@@ -38,7 +39,52 @@ impl RedisStore {
             coalesced: get("coalesced"),
             upstream_calls: get("upstream_calls"),
             stored: get("stored"),
+            tenants: self.fleet_tenants().await?,
         })
+    }
+
+    /// The fleet's tenants, most requests first.
+    async fn fleet_tenants(&self) -> Result<Vec<TenantStats>, StoreError> {
+        let inner = &self.inner;
+        let ranking = inner.tenants_key();
+        let mut conn = inner.conn.clone();
+        let ids: Vec<String> = inner
+            .run(
+                Some(&ranking),
+                inner.settings.write_timeout,
+                redis::cmd("ZREVRANGE")
+                    .arg(&ranking)
+                    .arg(0)
+                    .arg(FleetStats::MAX_TENANTS - 1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(inner.tenant_key(id))
+                .arg(&TENANT_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<u64>>> = inner
+            .run(
+                Some(&ranking),
+                inner.settings.write_timeout,
+                pipe.query_async(&mut conn),
+            )
+            .await?;
+        let mut tenants: Vec<TenantStats> = ids
+            .into_iter()
+            .zip(rows)
+            .map(|(tenant, row)| {
+                let get = |i: usize| row.get(i).copied().flatten().unwrap_or(0);
+                TenantStats::fleet(tenant, [get(0), get(1), get(2), get(3), get(4)])
+            })
+            .collect();
+        tenants.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.tenant.cmp(&b.tenant)));
+        Ok(tenants)
     }
 
     /// Per-entry analytics of one key in one namespace, if it is stored,

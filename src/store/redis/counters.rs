@@ -20,6 +20,7 @@ use std::{
 
 use tokio::sync::Notify;
 
+use super::stats::FleetStats;
 use super::{
     connection::Conn,
     error::StoreError,
@@ -52,7 +53,18 @@ pub(super) struct Pending {
     answered: Notify,
     /// Numbers this instance's flush requests.
     requests: AtomicU64,
+    /// Per-tenant counts, in [`TENANT_FIELDS`] order, by tenant id.
+    tenants: Mutex<HashMap<String, [u64; 5]>>,
 }
+
+/// The fields of a tenant's hash, in the order its counts are kept.
+pub(super) const TENANT_FIELDS: [&str; 5] = [
+    "requests",
+    "upstream_calls",
+    "calls_saved",
+    "tokens_saved",
+    "micro_dollars_saved",
+];
 
 /// How long the fleet counters outlive their last flush.
 const STATS_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -68,6 +80,20 @@ impl RedisStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *hits.entry((ns.to_owned(), *key)).or_default() += 1;
+    }
+
+    /// Adds one request's counts to its tenant's, flushed later.
+    pub(crate) fn count_tenant(&self, tenant: String, counts: [u64; 5]) {
+        let mut tenants = self
+            .inner
+            .pending
+            .tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let total = tenants.entry(tenant).or_default();
+        for (total, n) in total.iter_mut().zip(counts) {
+            *total = total.saturating_add(n);
+        }
     }
 
     /// Adds to a fleet counter, flushed later.
@@ -187,6 +213,7 @@ impl Inner {
                 )
                 .await;
         }
+        self.flush_tenants().await;
         let hits = std::mem::take(
             &mut *self
                 .pending
@@ -207,6 +234,64 @@ impl Inner {
                 )
                 .await;
         }
+    }
+}
+
+impl Inner {
+    /// Sends the per-tenant counts: each tenant's hash, and its requests in
+    /// the ranking, which keeps the heaviest [`FleetStats::MAX_TENANTS`].
+    /// All in one slot (`{tenants}`), so one pipeline on a cluster too.
+    async fn flush_tenants(&self) {
+        let tenants = std::mem::take(
+            &mut *self
+                .pending
+                .tenants
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if tenants.is_empty() {
+            return;
+        }
+        let ranking = self.tenants_key();
+        let mut pipe = redis::pipe();
+        for (tenant, counts) in &tenants {
+            let hash = self.tenant_key(tenant);
+            for (field, n) in TENANT_FIELDS.iter().zip(counts) {
+                if *n > 0 {
+                    pipe.cmd("HINCRBY").arg(&hash).arg(*field).arg(*n).ignore();
+                }
+            }
+            pipe.cmd("PEXPIRE").arg(&hash).arg(STATS_TTL_MS).ignore();
+            pipe.cmd("ZINCRBY")
+                .arg(&ranking)
+                .arg(counts[0])
+                .arg(tenant)
+                .ignore();
+        }
+        let max = i64::try_from(FleetStats::MAX_TENANTS).unwrap_or(i64::MAX);
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&ranking)
+            .arg(0)
+            .arg(-(max + 1))
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&ranking).arg(STATS_TTL_MS).ignore();
+        let _: Result<(), _> = self
+            .run(
+                Some(&ranking),
+                self.settings.write_timeout,
+                pipe.query_async(&mut self.conn.clone()),
+            )
+            .await;
+    }
+
+    /// The ranking of tenants by requests.
+    pub(super) fn tenants_key(&self) -> String {
+        format!("{}:{{tenants}}", self.prefix)
+    }
+
+    /// One tenant's counts, in the ranking's slot.
+    pub(super) fn tenant_key(&self, tenant: &str) -> String {
+        format!("{}:{{tenants}}:{tenant}", self.prefix)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::key::Key;
+use crate::{key::Key, tenants::TenantStats};
 
 /// Totals of every instance sharing one Redis.
 ///
@@ -27,7 +27,7 @@ use crate::key::Key;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct FleetStats {
     /// Answered from an instance's in-process cache.
@@ -42,6 +42,18 @@ pub struct FleetStats {
     pub upstream_calls: u64,
     /// Responses stored.
     pub stored: u64,
+    /// Per-tenant savings of every instance that counts tenants
+    /// ([`Builder::count_tenants`](crate::builder::Builder::count_tenants)),
+    /// most requests first, at most [`FleetStats::MAX_TENANTS`]. Instances
+    /// name a tenant alike only when they share a
+    /// [`tenant_secret`](crate::builder::Builder::tenant_secret).
+    pub tenants: Vec<TenantStats>,
+}
+
+impl FleetStats {
+    /// The most tenants the fleet's table keeps in Redis: past it, the
+    /// lightest are dropped at each flush.
+    pub const MAX_TENANTS: usize = 1000;
 }
 
 /// The seed's per-entry analytics, kept in Redis with the entry.

@@ -44,6 +44,9 @@ use crate::store::invalidation::Invalidation;
 /// | `tidem:<ns>:{<key>}:lease` | string | the token of the instance calling upstream for this key |
 /// | `tidem:<ns>:{<key>}:stream` | stream | the answer being recorded, for waiters elsewhere to follow live; expires shortly after its end |
 /// | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored`; expires 30 days after the last flush |
+/// | `tidem:<ns>:{<key>}:buckets` | string | how many requests asked for this key's sample buckets; expires with the entries |
+/// | `tidem:{tenants}` | sorted set | tenant ids by requests, the heaviest 1,000 kept; expires 30 days after the last flush |
+/// | `tidem:{tenants}:<id>` | hash | one tenant's `requests`, `upstream_calls`, `calls_saved`, `tokens_saved`, `micro_dollars_saved`; expires likewise |
 /// | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere) |
 ///
 /// `<ns>` is 16 hex digits of the SHA-256 of the namespace, `<key>` the
