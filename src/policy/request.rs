@@ -135,11 +135,7 @@ fn take_controls(
     plan.refresh |= flag(headers, &control::REFRESH)?;
     plan.explain = flag(headers, &control::EXPLAIN)?;
     if let Some(ttl) = take(headers, &control::TTL)? {
-        // Digits only: `u64::from_str` would also take a leading `+`.
-        if ttl.is_empty() || !ttl.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid_control(&control::TTL));
-        }
-        let seconds: u64 = ttl.parse().map_err(|_| invalid_control(&control::TTL))?;
+        let seconds: u64 = whole_number(&ttl).ok_or_else(|| invalid_control(&control::TTL))?;
         let ttl = Duration::from_secs(seconds);
         if ttl > max_ttl {
             return Err(Error::new(
@@ -155,8 +151,8 @@ fn take_controls(
     }
     if let Some(buckets) = take(headers, &control::BUCKET)? {
         let max = crate::engine::MAX_BUCKETS;
-        let n: u32 = match buckets.parse() {
-            Ok(n) if (1..=max).contains(&n) && buckets.bytes().all(|b| b.is_ascii_digit()) => n,
+        let n: u32 = match whole_number(&buckets) {
+            Some(n) if (1..=max).contains(&n) => n,
             _ => {
                 return Err(Error::new(
                     ErrorKind::InvalidControl,
@@ -170,6 +166,15 @@ fn take_controls(
         plan.namespace = Some(namespace);
     }
     Ok(bypass)
+}
+
+/// A whole number written in digits only: `from_str` would also take a
+/// leading `+`.
+fn whole_number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn invalid_control(name: &HeaderName) -> Error {
