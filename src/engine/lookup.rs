@@ -79,11 +79,10 @@ impl Engine {
                         }
                         Joined::Live(head, reader, settled) => {
                             self.observe(Outcome::Coalesced { live: true });
-                            self.count_tenant_saved(job, settled.as_ref().map(|(meta, _)| &**meta));
+                            let cost =
+                                settled.map(|(meta, bytes)| self.count_savings(&meta, bytes, 1));
+                            self.count_tenant_saved(job, cost);
                             self.count_bucket_hit(job);
-                            if let Some((meta, bytes)) = settled {
-                                self.count_savings(&meta, bytes, 1);
-                            }
                             return Ok(self.live(
                                 &head,
                                 &head.shared_headers,

@@ -150,14 +150,16 @@ impl Engine {
 
     /// Counts what `calls` avoided calls to an upstream that answered
     /// `bytes` of body described by `info` saved: bytes, tokens, money.
-    pub(super) fn count_savings(&self, info: &Meta, bytes: u64, calls: u64) {
+    /// Returns what one such call costs: tokens and micro-dollars.
+    pub(super) fn count_savings(&self, info: &Meta, bytes: u64, calls: u64) -> (u64, u64) {
         let bytes = bytes * calls;
-        let (tokens, micro_dollars) = ai::cost(&self.config.ai, info);
-        let (tokens, micro_dollars) = (tokens * calls, micro_dollars * calls);
+        let cost = ai::cost(&self.config.ai, info);
+        let (tokens, micro_dollars) = (cost.0 * calls, cost.1 * calls);
         Counters::add(&self.counters.bytes_saved, bytes);
         Counters::add(&self.counters.tokens_saved, tokens);
         Counters::add(&self.counters.micro_dollars_saved, micro_dollars);
         telemetry::saved(bytes, tokens, micro_dollars);
+        cost
     }
 
     /// Counts an answer from a sample bucket picked at random.
@@ -183,13 +185,11 @@ impl Engine {
     }
 
     /// Counts a call `job`'s tenant did not pay for, and what it saved when
-    /// the answer's usage is known (`info`; a live follower that joined
+    /// the answer's cost is known (`cost`, tokens and micro-dollars, from
+    /// [`count_savings`](Self::count_savings); a live follower that joined
     /// before the leader's body ended is credited the call only).
-    pub(super) fn count_tenant_saved(&self, job: &Job, info: Option<&Meta>) {
-        if self.tenants.is_none() || job.tenant.is_none() {
-            return;
-        }
-        let (tokens, micro_dollars) = info.map_or((0, 0), |info| ai::cost(&self.config.ai, info));
+    pub(super) fn count_tenant_saved(&self, job: &Job, cost: Option<(u64, u64)>) {
+        let (tokens, micro_dollars) = cost.unwrap_or((0, 0));
         self.count_tenant(
             job,
             Tally::Saved {

@@ -35,8 +35,8 @@ impl Engine {
             // The entry's own hit count, kept in the shared store.
             self.l2.count_l1_hit(&job.ns, &job.key);
         }
-        self.count_savings(&record.info, record.body.len() as u64, 1);
-        self.count_tenant_saved(job, Some(&record.info));
+        let cost = self.count_savings(&record.info, record.body.len() as u64, 1);
+        self.count_tenant_saved(job, Some(cost));
         self.count_bucket_hit(job);
         self.replay(record)
     }
