@@ -193,6 +193,8 @@ mod stats;
 mod store;
 mod telemetry;
 mod tenants;
+#[cfg(test)]
+mod test_support;
 
 pub use body::{RequestBody, ResponseBody};
 #[cfg(feature = "ai")]

@@ -53,21 +53,10 @@ fn tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use http::{HeaderName, HeaderValue};
 
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::test_support::headers;
 
     #[test]
     fn request_directives() {
