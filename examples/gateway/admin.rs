@@ -9,8 +9,15 @@
 //!   text (built with the `metrics` feature);
 //! - `/_idempotency/health`: 200 while the gateway serves, with whether the
 //!   shared store answers and its circuit breaker's state.
+//!
+//! They answer only a `Host` that is an IP address, `localhost` or a name
+//! given with `--admin-host`; any other gets 421. A web page that points a
+//! DNS name of its own at the gateway's address (DNS rebinding) is then
+//! same-origin with nothing the gateway serves here, and cannot read the
+//! stats.
 
 use std::{
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{
         atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release},
         Arc, Mutex, OnceLock, PoisonError,
@@ -19,8 +26,9 @@ use std::{
 };
 
 use axum::{
-    extract::State,
+    extract::{Request, State},
     http::{header, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
     Json, Router,
@@ -94,6 +102,9 @@ pub struct Admin {
     top_reading: AtomicBool,
     #[cfg(feature = "metrics")]
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The host names (`--admin-host`, lower case) answered besides IP
+    /// addresses and `localhost`.
+    hosts: Vec<String>,
 }
 
 impl Admin {
@@ -104,6 +115,7 @@ impl Admin {
         store: StoreKind,
         interval: Duration,
         slots: usize,
+        hosts: Vec<String>,
     ) -> Arc<Self> {
         let history = History::new(slots, &layer.stats());
         tracing::debug!(
@@ -121,6 +133,7 @@ impl Admin {
             top_reading: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             prometheus: install_prometheus(),
+            hosts,
         })
     }
 
@@ -191,7 +204,16 @@ impl Admin {
             .route("/_idempotency/health", get(health))
             // The gateway's own namespace: nothing under it is forwarded.
             .route("/_idempotency/{*rest}", get(not_found).fallback(not_found))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&self),
+                refuse_other_hosts,
+            ))
             .with_state(self)
+    }
+
+    /// Whether the endpoints answer to `host`.
+    fn answers_host(&self, host: &str) -> bool {
+        host_allowed(host, &self.hosts)
     }
 
     /// The most replayed entries of the shared store; `null` when the store
@@ -255,6 +277,64 @@ impl Admin {
             None => Value::Null,
         }
     }
+}
+
+/// Whether `host` (a `Host` header's value: a name or an address, and maybe
+/// a port) is an IP address, `localhost` or one of `names`.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 address, with or without a port.
+        Some(rest) => {
+            return rest.split_once(']').is_some_and(|(address, port)| {
+                address.parse::<Ipv6Addr>().is_ok() && is_port_suffix(port)
+            })
+        }
+        None => match host.split_once(':') {
+            Some((name, _)) if is_port_suffix(&host[name.len()..]) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
+/// `""` or `:` and 1 to 5 digits.
+fn is_port_suffix(text: &str) -> bool {
+    text.is_empty()
+        || text.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|byte| byte.is_ascii_digit())
+        })
+}
+
+/// Answers 421 to a request whose `Host` (or, without one, its URI's
+/// authority, as HTTP/2 sends it) the endpoints do not answer to. A
+/// request with neither (HTTP/1.0) comes from no browser and is served.
+async fn refuse_other_hosts(
+    State(admin): State<Arc<Admin>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().is_ok_and(|host| admin.answers_host(host)),
+        None => request
+            .uri()
+            .authority()
+            .is_none_or(|authority| admin.answers_host(authority.as_str())),
+    };
+    if allowed {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(header::CACHE_CONTROL, "no-store")],
+        "the gateway's own endpoints answer only an IP address, localhost or a name given with --admin-host\n",
+    )
+        .into_response()
 }
 
 #[cfg(feature = "metrics")]
@@ -477,6 +557,46 @@ async fn not_found() -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_localhost_and_the_names_given_are_answered() {
+        let names = vec!["gateway.internal".to_owned()];
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "10.1.2.3:9090",
+            "[::1]",
+            "[::1]:8080",
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.:8080",
+            "gateway.internal",
+            "Gateway.Internal:443",
+            "gateway.internal.",
+        ] {
+            assert!(host_allowed(host, &names), "{host} is refused");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "gateway.internal.evil.example",
+            "evilgateway.internal",
+            "127.0.0.1:8080:80",
+            "127.0.0.1:",
+            "127.0.0.1:123456",
+            "127.0.0.1:80x",
+            "[::1",
+            "[::1]x",
+            "[evil.example]:80",
+            "user@127.0.0.1",
+        ] {
+            assert!(!host_allowed(host, &names), "{host} is answered");
+        }
+        assert!(!host_allowed("gateway.internal", &[]));
+    }
 
     #[test]
     fn base64_pads_like_the_standard() {

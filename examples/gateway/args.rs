@@ -56,6 +56,15 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
 
+    /// A host name the endpoints under /_idempotency/ answer to, besides IP
+    /// addresses and `localhost`: a request for them whose `Host` names
+    /// anything else is refused with 421, so that a web page cannot read the
+    /// stats through a DNS name it points at this machine (DNS rebinding).
+    /// Give the names operators reach the gateway by, for example
+    /// gateway.internal. Repeatable.
+    #[arg(long = "admin-host", value_name = "NAME", value_parser = parse_admin_host)]
+    pub admin_hosts: Vec<String>,
+
     /// The API to forward to: http:// or https://, optionally with a base
     /// path that is put in front of every request's path.
     #[arg(long, value_name = "URL", value_parser = parse_upstream)]
@@ -462,6 +471,24 @@ fn parse_history_slots(text: &str) -> Result<usize, String> {
 fn parse_header_name(text: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(text.trim().as_bytes())
         .map_err(|_| format!("`{text}` is not a header name"))
+}
+
+/// A DNS name as a `Host` header carries it: letters, digits, `-` and `.`,
+/// 1 to 253 bytes, compared in lower case and without a trailing dot.
+fn parse_admin_host(text: &str) -> Result<String, String> {
+    let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.');
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{text}` is not a host name (letters, digits, `-` and `.`; IP addresses are always allowed)"
+        ))
+    }
 }
 
 /// Dollars: finite, not negative, at most a million.

@@ -194,6 +194,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         store_kind,
         args.history_interval,
         args.history_slots,
+        args.admin_hosts.clone(),
     );
     admin.spawn_sampler();
 

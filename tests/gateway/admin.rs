@@ -558,3 +558,76 @@ async fn the_dashboard_runs_only_its_own_script_and_is_not_framed() {
     assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(upstream.calls.get(), 0);
 }
+
+/// `request` with its `Host` header replaced.
+fn with_host(
+    mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    host: &str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    request
+        .headers_mut()
+        .insert(http::header::HOST, host.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_refuse_a_host_name_they_were_not_given() {
+    let upstream = Upstream::echo().await;
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--admin-host",
+        "gateway.internal",
+    ]);
+    let port = gateway.addr().port();
+    // A page on a name of its own pointed at the gateway (DNS rebinding)
+    // reads none of the endpoints.
+    for path in [
+        "/_idempotency/",
+        "/_idempotency/stats",
+        "/_idempotency/metrics",
+        "/_idempotency/health",
+        "/_idempotency/anything",
+    ] {
+        for host in [
+            format!("evil.example:{port}"),
+            format!("127.0.0.1.evil.example:{port}"),
+            "evil.example".to_owned(),
+        ] {
+            let answer = send(with_host(get(&gateway.url(path)), &host)).await;
+            assert_eq!(answer.status, 421, "{path} for {host}: {answer:?}");
+            assert!(
+                !String::from_utf8_lossy(&answer.body).contains("requests"),
+                "{path} for {host} leaked the stats"
+            );
+        }
+    }
+    // Addresses, localhost and the names given are answered.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("gateway.internal:{port}"),
+        format!("GATEWAY.INTERNAL.:{port}"),
+    ] {
+        let answer = send(with_host(get(&gateway.url("/_idempotency/stats")), &host)).await;
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+    }
+    // The proxy itself forwards whatever the host.
+    let answer = send(with_host(
+        post_json(&gateway.url("/v1/chat/completions"), r#"{"q":1}"#),
+        "evil.example",
+    ))
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(upstream.calls.get(), 1);
+}
+
+#[test]
+fn a_malformed_admin_host_is_refused_at_start() {
+    let upstream = "http://127.0.0.1:9";
+    for bad in ["", "evil example", "gateway/internal", "a:80"] {
+        let (status, stderr) = start_refused(&["--upstream", upstream, "--admin-host", bad]);
+        assert!(!status.success());
+        assert!(stderr.contains("--admin-host"), "{bad:?}: {stderr}");
+    }
+}
