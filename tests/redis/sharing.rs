@@ -472,3 +472,59 @@ async fn tenants_add_up_across_instances_that_share_a_secret() {
     assert_eq!(alice.tenant, b.stats().tenants[0].tenant);
     assert!(!format!("{fleet:?}").contains("sk-"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_replayed_are_the_best_n_of_every_entry_read() {
+    let server = RedisServer::start();
+    let (inner, calls) = numbered();
+    let a = instance(store(&server.url())).await;
+    let service = a.layer(inner);
+    // More entries than one window of reads, with hit counts set in Redis:
+    // distinct for most, tied for some.
+    const ENTRIES: usize = 600;
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..ENTRIES {
+        let body: &'static str = Box::leak(format!("question {i}").into_boxed_str());
+        let request = post("/", body);
+        let key = key_of(&a, &request).await;
+        fetch(&service, request).await;
+        let hits = if i % 50 == 0 { 900 } else { (i * 7919) % 1000 } as u64;
+        expected.push((hits, key));
+    }
+    assert_eq!(calls.get(), ENTRIES);
+    // The store into Redis follows each response: wait for the last.
+    let mut stored = 0;
+    for _ in 0..500 {
+        stored = a.top_entries(usize::MAX).await.unwrap().unwrap().len();
+        if stored == ENTRIES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored, ENTRIES);
+    for (hits, key) in &expected {
+        let _: () = redis::cmd("HSET")
+            .arg(entry_name("", key))
+            .arg("hits")
+            .arg(*hits)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    // Most hits first; among equals, the smaller key.
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let ranked = |top: Vec<tower_idempotency::TopEntry>| -> Vec<(u64, tower_idempotency::Key)> {
+        top.iter()
+            .map(|entry| (entry.stats.hits, entry.key))
+            .collect()
+    };
+    for n in [0, 1, 10, 12, 599, 600, 10_000] {
+        let top = a.top_entries(n).await.unwrap().unwrap();
+        assert_eq!(ranked(top), expected[..n.min(ENTRIES)].to_vec(), "top {n}");
+    }
+}

@@ -1,7 +1,13 @@
 //! Calls off the request path: the analytics (fleet totals, per-entry
 //! hits, the most replayed entries) and purges.
 
-use std::collections::HashMap;
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{BinaryHeap, HashMap},
+    sync::Arc,
+};
+
+use tokio::task::JoinSet;
 
 use super::{
     cluster::{scan, scan_reachable},
@@ -10,6 +16,7 @@ use super::{
     keys::ns_tag,
     pubsub::Event,
     stats::{EntryStats, FleetStats, TopEntry},
+    store::Inner,
     store::RedisStore,
 };
 use crate::{key::Key, record::Meta, tenants::TenantStats};
@@ -129,53 +136,41 @@ impl RedisStore {
         self.inner.flush_everywhere().await;
         let inner = &self.inner;
         let pattern = format!("{}:{}:{{*}}", inner.prefix, ns_tag(namespace));
-        let mut entries = Vec::new();
-        for name in scan(inner, &pattern).await? {
-            let Some(key) = name
-                .rsplit_once('{')
-                .and_then(|(_, rest)| rest.strip_suffix('}'))
-                .and_then(Key::from_hex)
-            else {
-                continue;
-            };
-            let mut conn = inner.conn.clone();
-            let mut fields = redis::cmd("HMGET");
-            fields
-                .arg(&name)
-                .arg("hits")
-                .arg("last_hit_at")
-                .arg("created_at")
-                .arg("meta");
-            let (hits, last_hit_at, created_at, meta): (
-                Option<u64>,
-                Option<u64>,
-                Option<u64>,
-                Option<Vec<u8>>,
-            ) = inner
-                .run(
-                    Some(&name),
-                    inner.settings.write_timeout,
-                    fields.query_async(&mut conn),
-                )
-                .await?;
-            let Some(created_at) = created_at else {
-                continue;
-            };
-            let meta = Meta::decode(meta.as_deref().unwrap_or_default());
-            entries.push(TopEntry {
-                key,
-                stats: EntryStats {
-                    hits: hits.unwrap_or(0),
-                    last_hit_at,
-                    created_at,
-                },
-                model: meta.model,
-                #[cfg(feature = "ai")]
-                usage: meta.usage,
-            });
+        let names = scan(inner, &pattern).await?;
+        // The best `n` so far, least replayed first, so that a namespace of
+        // many entries costs memory for `n` of them, not for all.
+        let mut best: BinaryHeap<Reverse<Ranked>> =
+            BinaryHeap::with_capacity(n.min(names.len()) + 1);
+        // Read `READ_AT_ONCE` entries at a time: their commands share the
+        // connection's pipeline instead of waiting one round trip each.
+        for window in names.chunks(READ_AT_ONCE) {
+            let mut reads = JoinSet::new();
+            for name in window {
+                let Some(key) = name
+                    .rsplit_once('{')
+                    .and_then(|(_, rest)| rest.strip_suffix('}'))
+                    .and_then(Key::from_hex)
+                else {
+                    continue;
+                };
+                let inner = Arc::clone(inner);
+                let name = name.clone();
+                reads.spawn(async move { read_entry(&inner, &name, key).await });
+            }
+            while let Some(read) = reads.join_next().await {
+                let Ok(read) = read else { continue };
+                let Some(entry) = read? else { continue };
+                best.push(Reverse(Ranked(entry)));
+                if best.len() > n {
+                    best.pop();
+                }
+            }
         }
-        entries.sort_by(|a, b| b.stats.hits.cmp(&a.stats.hits).then(a.key.cmp(&b.key)));
-        entries.truncate(n);
+        let mut entries: Vec<TopEntry> = best
+            .into_iter()
+            .map(|Reverse(Ranked(entry))| entry)
+            .collect();
+        entries.sort_by(rank);
         Ok(entries)
     }
 
@@ -224,3 +219,72 @@ impl RedisStore {
         failed.map_or(Ok(deleted), Err)
     }
 }
+
+/// How many entries [`RedisStore::top_entries`] reads at once.
+const READ_AT_ONCE: usize = 256;
+
+/// One entry's counts and metadata; `None` if it is gone or not ours.
+async fn read_entry(inner: &Inner, name: &str, key: Key) -> Result<Option<TopEntry>, StoreError> {
+    let mut fields = redis::cmd("HMGET");
+    fields
+        .arg(name)
+        .arg("hits")
+        .arg("last_hit_at")
+        .arg("created_at")
+        .arg("meta");
+    let (hits, last_hit_at, created_at, meta): (
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<Vec<u8>>,
+    ) = inner
+        .run(
+            Some(name),
+            inner.settings.write_timeout,
+            fields.query_async(&mut inner.conn.clone()),
+        )
+        .await?;
+    let Some(created_at) = created_at else {
+        return Ok(None);
+    };
+    let meta = Meta::decode(meta.as_deref().unwrap_or_default());
+    Ok(Some(TopEntry {
+        key,
+        stats: EntryStats {
+            hits: hits.unwrap_or(0),
+            last_hit_at,
+            created_at,
+        },
+        model: meta.model,
+        #[cfg(feature = "ai")]
+        usage: meta.usage,
+    }))
+}
+
+/// Most hits first; among equals, the smaller key first.
+fn rank(a: &TopEntry, b: &TopEntry) -> Ordering {
+    b.stats.hits.cmp(&a.stats.hits).then(a.key.cmp(&b.key))
+}
+
+/// A [`TopEntry`] ordered by [`rank`]: greater is better.
+struct Ranked(TopEntry);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        rank(&other.0, &self.0)
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
