@@ -139,6 +139,16 @@ impl IdempotencyLayer {
         self.engine.purge_namespace(namespace).await;
     }
 
+    /// Whether this layer's Redis answers, and how long one `PING` took; `None`
+    /// without Redis. For health checks: it asks nothing of other instances.
+    #[cfg(feature = "redis")]
+    pub async fn ping_redis(
+        &self,
+    ) -> Option<Result<std::time::Duration, crate::store::redis::StoreError>> {
+        let redis = self.engine.l2().redis()?;
+        Some(redis.ping().await)
+    }
+
     /// Totals of every instance sharing this layer's Redis, if it has one.
     #[cfg(feature = "redis")]
     pub async fn fleet_stats(

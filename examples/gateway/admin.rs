@@ -515,11 +515,13 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
     let layer = &admin.layer;
     let redis = if admin.store.is_redis() {
         let skipped_before = layer.stats().store.skipped;
-        let probe = layer.fleet_stats().await;
-        let (reachable, error) = match probe {
-            Some(Ok(_)) => (true, None),
-            Some(Err(error)) => (false, Some(error.to_string())),
-            None => (false, None),
+        // One PING, not the fleet's totals: a probe asks nothing of the
+        // other gateways.
+        let probe = layer.ping_redis().await;
+        let (reachable, round_trip_ms, error) = match probe {
+            Some(Ok(took)) => (true, Some(took.as_secs_f64() * 1e3), None),
+            Some(Err(error)) => (false, None, Some(error.to_string())),
+            None => (false, None, None),
         };
         // A probe that reached Redis closed the breaker, whatever other
         // requests were skipped while it ran.
@@ -527,6 +529,7 @@ async fn health(State(admin): State<Arc<Admin>>) -> Json<Value> {
         json!({
             "reachable": reachable,
             "breaker": if skipped { "open" } else { "closed" },
+            "round_trip_ms": round_trip_ms,
             "error": error,
         })
     } else {

@@ -631,3 +631,50 @@ fn a_malformed_admin_host_is_refused_at_start() {
         assert!(stderr.contains("--admin-host"), "{bad:?}: {stderr}");
     }
 }
+
+/// `INFO commandstats`' call count of `command` on `redis`.
+async fn calls_of(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_probe_is_one_ping_and_asks_nothing_of_other_gateways() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::echo().await;
+    let args = ["--upstream", &upstream.url(), "--redis", &redis.url()];
+    let gateway = Gateway::start(&args);
+    let _other = Gateway::start(&args);
+    assert_eq!(health(&gateway).await["redis"]["reachable"], true);
+
+    let (pings, publishes) = (
+        calls_of(&redis, "ping").await,
+        calls_of(&redis, "publish").await,
+    );
+    for _ in 0..20 {
+        let seen = health(&gateway).await;
+        assert_eq!(seen["redis"]["reachable"], true, "{seen}");
+        assert!(
+            seen["redis"]["round_trip_ms"]
+                .as_f64()
+                .is_some_and(|ms| ms >= 0.0),
+            "{seen}"
+        );
+    }
+    assert!(calls_of(&redis, "ping").await >= pings + 20);
+    // No flush request on the events channel: the other gateway is not
+    // asked for its counts (the stats would).
+    assert_eq!(calls_of(&redis, "publish").await, publishes);
+}

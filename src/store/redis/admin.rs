@@ -5,8 +5,10 @@ use std::{
     cmp::{Ordering, Reverse},
     collections::{BinaryHeap, HashMap},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
+use redis::Value;
 use tokio::task::JoinSet;
 
 use super::{
@@ -22,6 +24,26 @@ use super::{
 use crate::{key::Key, record::Meta, tenants::TenantStats};
 
 impl RedisStore {
+    /// Whether Redis answers: one `PING` (on a cluster, to every primary),
+    /// within the write timeout, and how long it took. Cheap enough for a
+    /// health check, unlike [`fleet_stats`](Self::fleet_stats), which first
+    /// asks every instance to flush its counts and waits for them.
+    ///
+    /// While the circuit breaker is open this fails at once, without asking
+    /// Redis, as every other call does.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        inner
+            .run(
+                None,
+                inner.settings.write_timeout,
+                redis::cmd("PING").query_async::<Value>(&mut inner.conn.clone()),
+            )
+            .await?;
+        Ok(started.elapsed())
+    }
+
     /// Totals of every instance sharing this Redis, once every instance has
     /// flushed its counts (or the write timeout has passed).
     pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
