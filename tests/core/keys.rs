@@ -362,6 +362,7 @@ async fn the_authority_can_be_left_out_of_the_key() {
     assert_eq!(calls.get(), 1);
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn a_wait_timeout_of_any_size_never_overflows_a_deadline() {
     // With a shared store, every miss computes a deadline from the wait
