@@ -10,7 +10,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Answer, Engine, Lead, Upstream},
+    engine::{Answer, Engine, Lead, Relay, Upstream},
     layer::IdempotencyLayer,
     policy::Classified,
     stats::Stats,
@@ -277,5 +277,11 @@ impl Upstream<RequestBody<Full<Bytes>>> for NextUpstream<'_> {
         request: http::Request<RequestBody<Full<Bytes>>>,
     ) -> impl Future<Output = Answer<reqwest::Body, Self::Error>> + Send {
         engine.lead_attached(lead, self.send(request))
+    }
+
+    fn relay(self, engine: Arc<Engine>, relay: Relay, _: http::Request<RequestBody<Full<Bytes>>>) {
+        // The rest of the chain is borrowed from the caller, who has the
+        // head by the time Redis could fail: no fall-back.
+        engine.relay_attached(relay);
     }
 }

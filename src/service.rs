@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    engine::{Answer, Engine, Lead, Upstream},
+    engine::{Answer, Engine, Lead, Relay, Upstream},
     error::BoxError,
     future::ResponseFuture,
     policy::Classified,
@@ -158,7 +158,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send,
+    ReqBody: Send + 'static,
     ResBody: Body + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -180,5 +180,11 @@ where
     ) -> impl Future<Output = Answer<ResBody, S::Error>> + Send {
         // A Tower future owns everything it needs: it runs in its own task.
         engine.lead_detached(lead, self.0.call(request))
+    }
+
+    fn relay(self, engine: Arc<Engine>, relay: Relay, request: Request<ReqBody>) {
+        // The service is owned: the relay may call it long after the
+        // caller has the head.
+        engine.relay_detached(relay, self, request);
     }
 }

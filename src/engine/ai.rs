@@ -100,6 +100,12 @@ mod enabled {
             }
         }
 
+        /// Whether [`finish`](Self::finish) reads the usage from the whole
+        /// body rather than from the chunks fed as it streamed.
+        pub(in crate::engine) fn needs_body(&self) -> bool {
+            self.scanner.is_none()
+        }
+
         /// The entry's metadata. `model` is what the request asked for; the
         /// response's own model name fills in when the request named none.
         pub(in crate::engine) fn finish(
@@ -166,6 +172,10 @@ mod disabled {
         }
 
         pub(in crate::engine) fn feed(&mut self, _: &[u8]) {}
+
+        pub(in crate::engine) fn needs_body(&self) -> bool {
+            false
+        }
 
         pub(in crate::engine) fn finish(
             self,

@@ -42,11 +42,14 @@ use http_body::Body;
 use tracing::Instrument;
 
 pub(crate) use self::buckets::MAX_BUCKETS;
-pub(crate) use self::upstream::{Answer, Lead, Upstream};
 use self::{
     key::Job,
     observe::{Bypass, Outcome},
     upstream::Pending,
+};
+pub(crate) use self::{
+    shared::Relay,
+    upstream::{Answer, Lead, Upstream},
 };
 use crate::{
     body::{buffer, Buffered, RequestBody},

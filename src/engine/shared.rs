@@ -1,17 +1,27 @@
 //! The shared store (L2) step, taken by the local leader: a hit, the lease
 //! on the key (then the upstream call), or a wait for the instance that
 //! holds it, woken by its notification, within the wait deadline; or, when
-//! that instance streams its answer, forward the stream as it arrives.
+//! that instance streams its answer, forward the stream as it arrives, and
+//! go through in its place should Redis fail mid-stream.
 
 use std::{
+    future::Future,
     pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use bytes::{Buf, Bytes};
+use http::{header, Request, Response};
 use http_body::Body;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tokio::time::timeout;
+use tracing::Instrument;
 
 use super::{
+    ai::{self, UsageReader},
+    key::Job,
     observe::Outcome,
     respond::{in_flight, key_reused},
     upstream::{Answer, Pending, Upstream},
@@ -25,6 +35,7 @@ use crate::{
     policy,
     record::Vary,
     store::{Follow, Lookup, StreamEntry},
+    tenants::Tally,
 };
 
 impl Engine {
@@ -151,32 +162,361 @@ impl Engine {
             vary_digest: record.info.vary,
         });
         let reader = leader.start(Arc::clone(&head));
-        self.observe(Outcome::Coalesced { live: true });
+        let Pending {
+            job,
+            parts,
+            body,
+            upstream,
+        } = pending;
+        let relay = Relay {
+            leader,
+            follow,
+            head: Arc::clone(&head),
+            job,
+            model: ai::request_model(&body),
+        };
+        // The request as it would have gone upstream: the relay's fall-back.
+        let request = Request::from_parts(parts, RequestBody::buffered(body));
+        upstream.relay(Arc::clone(&self), relay, request);
+        Ok(self.live(&head, &head.headers, reader, CacheStatus::Collapsed))
+    }
+
+    /// Relays a remote stream in a task of its own, which calls `upstream`
+    /// with `request` itself should Redis fail mid-stream: for an upstream
+    /// that may outlive its caller.
+    pub(crate) fn relay_detached<ReqBody, U>(
+        self: Arc<Self>,
+        relay: Relay,
+        upstream: U,
+        request: Request<ReqBody>,
+    ) where
+        U: Upstream<ReqBody> + 'static,
+        ReqBody: Send + 'static,
+        <U::Body as Body>::Error: Into<BoxError>,
+    {
+        // Not called unless needed: a call starts work upstream.
+        let fresh = async move { upstream.forward(request).await };
+        tokio::spawn(self.relay(relay, Some(fresh)).in_current_span());
+    }
+
+    /// Relays a remote stream in a task of its own, without a fall-back:
+    /// for an upstream that borrows from its caller (a client middleware
+    /// chain), gone once the caller has the head. Should Redis fail
+    /// mid-stream, the body ends with an error.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn relay_attached(self: Arc<Self>, relay: Relay) {
+        type Never = std::future::Ready<Result<http::Response<http_body_util::Empty<Bytes>>, ()>>;
+        tokio::spawn(self.relay(relay, None::<Never>).in_current_span());
+    }
+
+    /// Publishes a remote stream's body into the local flight, until its
+    /// end. The leader's failure (its body failed or grew too large, it
+    /// died or lost its lease) ends the body with an error, as it does the
+    /// leader's own caller's: never a truncated body passed off as
+    /// complete. Redis failing, stopping, losing the stream, or the stream
+    /// idle past the idle timeout: the request goes through itself with
+    /// `fall_back`, if it has one, else its body ends with an error.
+    ///
+    /// The request counts as coalesced unless it goes through; then it is
+    /// an upstream call (a miss), and saves nothing.
+    async fn relay<F, RB, E>(self: Arc<Self>, relay: Relay, fall_back: Option<F>)
+    where
+        F: Future<Output = Result<Response<RB>, E>>,
+        RB: Body,
+        RB::Error: Into<BoxError>,
+    {
+        let Relay {
+            mut leader,
+            mut follow,
+            head,
+            job,
+            model,
+        } = relay;
         let idle = self.config.idle_timeout;
         let limit = self.config.max_response_body as u64;
-        tokio::spawn(relay(leader, follow, idle, limit));
-        Ok(self.live(&head, &head.headers, reader, CacheStatus::Collapsed))
+        let mut usage = UsageReader::new(&head.headers);
+        let mut forwarded = Forwarded::default();
+        let why = loop {
+            match timeout(idle, follow.entries.recv()).await {
+                Ok(Some(StreamEntry::Chunk(chunk))) => {
+                    usage.feed(&chunk);
+                    forwarded.feed(&chunk);
+                    leader.push(chunk, limit);
+                }
+                Ok(Some(StreamEntry::End(trailers))) => {
+                    let body = usage.needs_body().then(|| leader.recorded().0).flatten();
+                    let meta = usage.finish(model, body.as_ref(), job.fingerprint);
+                    self.observe(Outcome::Coalesced { live: true });
+                    // This request's savings, and those of the local
+                    // followers that joined its flight.
+                    let received = forwarded.len;
+                    let followers = leader.settle(Arc::new(meta.clone()), received);
+                    let cost = self.count_savings(&meta, received, followers + 1);
+                    self.count_tenant_saved(&job, Some(cost));
+                    self.count_bucket_hit(&job);
+                    return leader.complete(trailers);
+                }
+                Ok(Some(StreamEntry::Failed(why))) if leaders_failure(why) => {
+                    return self.relay_failed(leader, &job, why);
+                }
+                Ok(Some(StreamEntry::Failed(why))) => break why,
+                Ok(None) => break "the remote stream stopped before its end",
+                Err(_) => break "the remote stream was idle past the idle timeout",
+            }
+        };
+        drop(follow);
+        match fall_back {
+            // Nobody is left to pay a call for.
+            Some(_) if !leader.has_readers() => self.relay_failed(leader, &job, why),
+            Some(fresh) => {
+                tracing::debug!(why, "going through: the remote stream failed");
+                self.fall_back(leader, &head, &job, model, forwarded, fresh)
+                    .await;
+            }
+            None => self.relay_failed(leader, &job, why),
+        }
+    }
+
+    /// Ends a relayed body with an error: the request was coalesced, and
+    /// saved its caller nothing but a call.
+    fn relay_failed(&self, leader: Leader, job: &Job, why: &'static str) {
+        self.observe(Outcome::Coalesced { live: true });
+        self.count_tenant_saved(job, None);
+        self.count_bucket_hit(job);
+        leader.fail(why.into());
+    }
+
+    /// Goes through after a remote stream failed, having forwarded `head`
+    /// and the `forwarded` bytes: the fresh answer continues the body only
+    /// if it has the same status, content type and encoding, and starts
+    /// with exactly those bytes, and then ends where it ends (at the length
+    /// the head announced, if it did). Anything else ends the body with an error: a
+    /// spliced body never passes for complete. Nothing of it is stored: the
+    /// remote leader stores its own answer, or nobody does.
+    async fn fall_back<F, RB, E>(
+        &self,
+        mut leader: Leader,
+        head: &Head,
+        job: &Job,
+        model: Option<String>,
+        forwarded: Forwarded,
+        fresh: F,
+    ) where
+        F: Future<Output = Result<Response<RB>, E>>,
+        RB: Body,
+        RB::Error: Into<BoxError>,
+    {
+        self.observe(Outcome::Miss);
+        self.count_tenant(job, Tally::Upstream);
+        let called_at = Instant::now();
+        let response = timeout(self.config.upstream_timeout, fresh).await;
+        self.upstream_latency(called_at.elapsed());
+        let Ok(Ok(response)) = response else {
+            self.count_upstream_error();
+            return leader
+                .fail("the remote stream failed, and so did the call in its place".into());
+        };
+        // The caller has the head: the body must be read the same way.
+        let another_head = response.status() != head.status
+            || [header::CONTENT_TYPE, header::CONTENT_ENCODING]
+                .iter()
+                .any(|name| response.headers().get(name) != head.headers.get(name));
+        if another_head {
+            return leader.fail(
+                "the remote stream failed, and the call in its place answered another head".into(),
+            );
+        }
+        let limit = self.config.max_response_body as u64;
+        let mut prefix = Prefix::new(forwarded);
+        let mut usage = UsageReader::new(&head.headers);
+        let mut received = 0u64;
+        let mut trailers = None;
+        let mut body = pin!(response.into_body());
+        loop {
+            // As the leader's recording task does: readers that make no
+            // room for the idle timeout are dropped.
+            match timeout(self.config.idle_timeout, leader.room(limit as usize)).await {
+                Ok(true) => {}
+                Ok(false) => return leader.fail("every reader went away".into()),
+                Err(_) => {
+                    leader.drop_slowest();
+                    continue;
+                }
+            }
+            let frame = match timeout(self.config.idle_timeout, body.as_mut().frame()).await {
+                Err(_) => {
+                    return leader.fail("the upstream body was idle past the idle timeout".into())
+                }
+                Ok(None) => break,
+                Ok(Some(Err(error))) => return leader.fail(error.into()),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    received += chunk.len() as u64;
+                    usage.feed(&chunk);
+                    if head.content_length.is_some_and(|len| received > len) {
+                        return leader.fail(too_long());
+                    }
+                    match prefix.pass(chunk) {
+                        Ok(rest) if rest.is_empty() => {}
+                        Ok(rest) => {
+                            leader.push(rest, limit);
+                        }
+                        Err(Mismatch) => return leader.fail(differs()),
+                    }
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        if !prefix.passed() {
+            return leader.fail(differs());
+        }
+        if head.content_length.is_some_and(|len| received != len) {
+            return leader.fail(too_long());
+        }
+        // The local followers that joined this request's flight saved a
+        // call each.
+        let body = usage.needs_body().then(|| leader.recorded().0).flatten();
+        let meta = usage.finish(model, body.as_ref(), job.fingerprint);
+        let followers = leader.settle(Arc::new(meta.clone()), received);
+        self.count_savings(&meta, received, followers);
+        leader.complete(trailers);
     }
 }
 
-/// Publishes a remote stream's body into the local flight, until its end.
-/// A failure, a stream that stops, or one idle past the idle timeout ends
-/// the body with an error: never a truncated body passed off as complete.
-async fn relay(mut leader: Leader, mut follow: Follow, idle: Duration, limit: u64) {
-    loop {
-        match tokio::time::timeout(idle, follow.entries.recv()).await {
-            Ok(Some(StreamEntry::Chunk(chunk))) => {
-                leader.push(chunk, limit);
-            }
-            Ok(Some(StreamEntry::End(trailers))) => {
-                leader.complete(trailers);
-                return;
-            }
-            Ok(Some(StreamEntry::Failed(why))) => return leader.fail(why.into()),
-            Ok(None) => return leader.fail("the remote stream stopped before its end".into()),
-            Err(_) => {
-                return leader.fail("the remote stream was idle past the idle timeout".into())
-            }
+fn differs() -> BoxError {
+    "the remote stream failed, and the call in its place answered other bytes than those forwarded"
+        .into()
+}
+
+fn too_long() -> BoxError {
+    "the remote stream failed, and the call in its place answered another length".into()
+}
+
+/// Whether a remote stream failed because of its leader (its upstream body
+/// failed or grew past the limit, its process died or lost its lease): a
+/// failure its followers share, as local followers share their leader's.
+/// The others are Redis's (it failed, stopped answering, lost the stream or
+/// held garbage), which a follower gets around by going through.
+fn leaders_failure(why: &str) -> bool {
+    matches!(
+        why,
+        "the leader's body failed" | "the leader went away mid-stream"
+    )
+}
+
+/// A remote stream relayed into this instance's flight: what the relay
+/// task needs to forward it, to count it, and to go through in its place.
+pub(crate) struct Relay {
+    leader: Leader,
+    follow: Follow,
+    head: Arc<Head>,
+    job: Job,
+    /// The model the request asks for, for its savings.
+    model: Option<String>,
+}
+
+/// The body bytes forwarded so far: their length and SHA-256 digest, which
+/// is what a fall-back must start with. A digest, not the bytes: holding
+/// them would cost up to the response limit per follower, outside the
+/// recording budget.
+#[derive(Default)]
+struct Forwarded {
+    len: u64,
+    digest: Sha256,
+}
+
+impl Forwarded {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.len += chunk.len() as u64;
+        self.digest.update(chunk);
+    }
+}
+
+/// Checks that a body starts with the forwarded bytes.
+struct Prefix {
+    /// Bytes of the prefix not read yet.
+    left: u64,
+    expected: [u8; 32],
+    digest: Sha256,
+}
+
+/// A fresh body that does not start with the bytes forwarded.
+#[derive(Debug, PartialEq, Eq)]
+struct Mismatch;
+
+impl Prefix {
+    fn new(forwarded: Forwarded) -> Self {
+        Self {
+            left: forwarded.len,
+            expected: forwarded.digest.finalize().into(),
+            digest: Sha256::new(),
         }
+    }
+
+    /// Reads the next chunk of the fresh body: what of it comes after the
+    /// prefix (empty while within it), or [`Mismatch`] once the prefix is
+    /// read and differs.
+    fn pass(&mut self, mut chunk: Bytes) -> Result<Bytes, Mismatch> {
+        if self.left == 0 {
+            return Ok(chunk);
+        }
+        let within = chunk.split_to(
+            chunk
+                .len()
+                .min(usize::try_from(self.left).unwrap_or(usize::MAX)),
+        );
+        self.digest.update(&within);
+        self.left -= within.len() as u64;
+        if self.left == 0 && <[u8; 32]>::from(self.digest.finalize_reset()) != self.expected {
+            return Err(Mismatch);
+        }
+        Ok(chunk)
+    }
+
+    /// Whether the whole prefix was read, and matched.
+    fn passed(&self) -> bool {
+        self.left == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(chunks: &[&str]) -> Forwarded {
+        let mut forwarded = Forwarded::default();
+        chunks.iter().for_each(|c| forwarded.feed(c.as_bytes()));
+        forwarded
+    }
+
+    #[test]
+    fn a_fresh_body_continues_only_after_exactly_the_forwarded_bytes() {
+        // Cut differently from what was forwarded: the rest comes out.
+        let mut prefix = Prefix::new(forwarded(&["data: 1\n\n", "data: 2\n\n"]));
+        assert_eq!(prefix.pass(Bytes::from("data: 1\n\nda")), Ok(Bytes::new()));
+        assert!(!prefix.passed());
+        assert_eq!(
+            prefix.pass(Bytes::from("ta: 2\n\ndata: 3\n\n")),
+            Ok(Bytes::from("data: 3\n\n"))
+        );
+        assert!(prefix.passed());
+        assert_eq!(prefix.pass(Bytes::from("end")), Ok(Bytes::from("end")));
+
+        // One byte differs.
+        let mut prefix = Prefix::new(forwarded(&["data: 1\n\n"]));
+        assert_eq!(prefix.pass(Bytes::from("data: 9\n\nmore")), Err(Mismatch));
+
+        // Shorter than what was forwarded: never passed.
+        let mut prefix = Prefix::new(forwarded(&["data: 1\n\n"]));
+        assert_eq!(prefix.pass(Bytes::from("data")), Ok(Bytes::new()));
+        assert!(!prefix.passed());
+
+        // Nothing forwarded: everything comes out.
+        let mut prefix = Prefix::new(Forwarded::default());
+        assert!(prefix.passed());
+        assert_eq!(prefix.pass(Bytes::from("all")), Ok(Bytes::from("all")));
     }
 }

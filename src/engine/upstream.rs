@@ -17,6 +17,7 @@ use super::{
     ai,
     key::Job,
     observe::{Bypass, Outcome},
+    shared::Relay,
     Engine,
 };
 use crate::{
@@ -48,6 +49,13 @@ pub(crate) trait Upstream<ReqBody>: Send + Sized {
         lead: Lead,
         request: Request<ReqBody>,
     ) -> impl Future<Output = Answer<Self::Body, Self::Error>> + Send;
+
+    /// Relays the answer another instance streams, in a task of its own
+    /// that goes through with `request` should Redis fail mid-stream:
+    /// through [`Engine::relay_detached`] where the call can outlive its
+    /// caller, else [`Engine::relay_attached`] (no fall-back once the
+    /// caller has the head).
+    fn relay(self, engine: Arc<Engine>, relay: Relay, request: Request<ReqBody>);
 }
 
 /// What the engine answers: the response, or the inner service's error.

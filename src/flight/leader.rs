@@ -145,6 +145,12 @@ impl Leader {
         .await
     }
 
+    /// Whether anyone still reads the response: the leader's own caller or
+    /// a follower.
+    pub(crate) fn has_readers(&self) -> bool {
+        self.flight.state().readers > 0
+    }
+
     /// Drops the readers that hold the oldest chunk: they did not read for
     /// as long as the upstream may stay idle, and the others must not wait on
     /// them. Their next read fails.

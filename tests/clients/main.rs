@@ -19,6 +19,12 @@ use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 use tower_idempotency::{IdempotencyLayer, IdempotencyMiddleware, RequestBody};
 
+#[cfg(feature = "redis")]
+#[path = "../support/redis_server.rs"]
+mod redis_server;
+#[cfg(feature = "redis")]
+mod streams;
+
 /// An AI-like API on loopback: answers after 150 ms, naming its call number.
 async fn api() -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));

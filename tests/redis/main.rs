@@ -11,6 +11,7 @@ mod key_header;
 mod leases;
 mod limits;
 mod sharing;
+mod stream_faults;
 mod streams;
 
 use std::time::Duration;

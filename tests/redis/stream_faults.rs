@@ -1,0 +1,680 @@
+//! Redis failing under a remote follower mid-stream: the follower goes
+//! through in the stream's place, and its caller gets the complete answer
+//! only when the fresh one continues exactly what was forwarded; anything
+//! else ends its body with an error. The leader's own death still ends it
+//! with an error, without going through.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::time::timeout;
+use tower::{Layer, ServiceExt};
+use tower_idempotency::{
+    Idempotency, IdempotencyLayer, RedisStore, RedisStoreBuilder, ResponseBody,
+};
+
+use crate::{entry_name, key_of, support::*};
+use redis_server::{RedisCluster, RedisServer};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+/// How soon a follower must go through once Redis fails under it: a
+/// bound against a hang, not a speed (it takes well under a second).
+const DEADLINE: Duration = Duration::from_secs(5);
+const QUESTION: &str = "stream me";
+const FULL: &str = "data: 1\n\ndata: 2\n\ndata: 3\n\n";
+
+/// A store on `url` with streams on, waits only a notification can cut
+/// short, a generous look-up timeout (a loaded machine must not make a
+/// follower go through before it follows) and a short write timeout (a
+/// paused Redis is noticed soon).
+fn store(url: &str) -> RedisStoreBuilder {
+    crate::store(url)
+        .streams(true)
+        .timeout(Duration::from_millis(500))
+        .write_timeout(Duration::from_millis(200))
+}
+
+async fn instance(redis: RedisStoreBuilder) -> IdempotencyLayer {
+    crate::instance(redis).await
+}
+
+fn chat(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post("/v1/chat")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+fn sse(status: u16, body: TestBody) -> Response<TestBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// Instance A's upstream: its first call streams what the test feeds;
+/// later calls answer `fresh #<call>` at once.
+fn fed() -> (impl TestService, Calls, Feed) {
+    let (feed, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let (service, calls) = upstream(move |seen: Seen| {
+        let body = body.lock().unwrap().take();
+        async move {
+            match body {
+                Some(body) => sse(200, body.boxed()),
+                None => respond(200, format!("fresh #{}", seen.call)),
+            }
+        }
+    });
+    (service, calls, feed)
+}
+
+/// Instance B's upstream: every call answers `status` with `pieces`, one
+/// frame each, then ends (or, if `fails`, fails) the body.
+fn answering(status: u16, pieces: Vec<Bytes>, fails: bool) -> (impl TestService, Calls) {
+    upstream(move |_: Seen| {
+        let pieces = pieces.clone();
+        async move {
+            let (feed, body) = channel_body();
+            for piece in pieces {
+                feed.data(piece);
+            }
+            if fails {
+                feed.fail();
+            }
+            sse(status, body.boxed())
+        }
+    })
+}
+
+fn pieces(pieces: &[&'static str]) -> Vec<Bytes> {
+    pieces
+        .iter()
+        .map(|p| Bytes::from_static(p.as_bytes()))
+        .collect()
+}
+
+/// Sends a request and returns the response with its body still streaming.
+async fn open<S: TestService>(
+    service: &Idempotency<S>,
+    body: impl Into<Bytes>,
+) -> Response<ResponseBody<TestBody>> {
+    timeout(PATIENCE, service.clone().oneshot(chat(body)))
+        .await
+        .expect("a response head in time")
+        .unwrap()
+}
+
+/// A body read to its end: every byte it gave, and how it ended.
+#[derive(Debug)]
+struct Read {
+    bytes: Bytes,
+    ended: Result<Option<HeaderMap>, String>,
+}
+
+impl Read {
+    fn complete(&self) -> Option<&Bytes> {
+        self.ended.is_ok().then_some(&self.bytes)
+    }
+}
+
+/// Reads the rest of a body, after `so_far`.
+async fn drain<B>(mut body: B, so_far: &[u8]) -> Read
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut bytes = so_far.to_vec();
+    let mut trailers = None;
+    let ended = loop {
+        match timeout(PATIENCE, body.frame())
+            .await
+            .expect("the body ends in time")
+        {
+            None => break Ok(trailers),
+            Some(Err(error)) => break Err(format!("{error:?}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => bytes.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+        }
+    };
+    Read {
+        bytes: Bytes::from(bytes),
+        ended,
+    }
+}
+
+async fn next_chunk<B>(body: &mut B) -> Bytes
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    timeout(PATIENCE, next_data(body))
+        .await
+        .expect("a chunk in time")
+        .expect("a chunk")
+}
+
+fn collapsed<B>(response: &Response<B>) -> bool {
+    response.headers()["cache-status"] == "tower-idempotency; fwd=uri-miss; collapsed"
+}
+
+/// What became of a remote follower (and a local follower of it) when
+/// Redis failed under them.
+struct Failed {
+    b: IdempotencyLayer,
+    /// The remote follower's body, and how long it took to end once Redis
+    /// failed.
+    follower: Read,
+    took: Duration,
+    /// A second request on B, which followed the first through B's flight.
+    local: Read,
+    leader: Read,
+    calls_a: usize,
+    calls_b: usize,
+    server: RedisServer,
+}
+
+/// A leader on A streams `data: 1`, `data: 2`; a remote follower on B (and
+/// a local follower on B) has forwarded both when `fail` fails Redis; then
+/// A's upstream sends `data: 3` and ends. B's upstream is `inner_b`.
+async fn redis_fails_mid_stream(
+    fail: impl FnOnce(&RedisServer),
+    inner_b: impl TestService,
+    calls_b: Calls,
+) -> Failed {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner_a, calls_a, feed) = fed();
+    let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+    let leader = open(&service_a, QUESTION).await;
+    feed.data("data: 1\n\n");
+    let follower = open(&service_b, QUESTION).await;
+    assert!(collapsed(&follower), "{:?}", follower.headers());
+    let local = open(&service_b, QUESTION).await;
+    assert!(collapsed(&local));
+    let mut follower = follower.into_body();
+    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+    feed.data("data: 2\n\n");
+    assert_eq!(next_chunk(&mut follower).await, "data: 2\n\n");
+    assert_eq!(calls_b.get(), 0, "B went through before Redis failed");
+
+    fail(&server);
+    let failed = Instant::now();
+    let follower = drain(follower, b"data: 1\n\ndata: 2\n\n").await;
+    let took = failed.elapsed();
+    let local = drain(local.into_body(), b"").await;
+    feed.data("data: 3\n\n");
+    drop(feed);
+    let leader = drain(leader.into_body(), b"").await;
+    Failed {
+        b,
+        follower,
+        took,
+        local,
+        leader,
+        calls_a: calls_a.get(),
+        calls_b: calls_b.get(),
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_a_remote_follower_goes_through_and_completes_byte_identical() {
+    // B's upstream answers the same bytes, cut differently.
+    let (inner_b, calls_b) = answering(
+        200,
+        pieces(&["data: 1\n\nda", "ta: 2\n\ndata: 3", "\n\n"]),
+        false,
+    );
+    let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
+    eprintln!(
+        "the remote follower completed {:?} after the kill",
+        failed.took
+    );
+    assert!(
+        failed.took < DEADLINE,
+        "went through after {:?}",
+        failed.took
+    );
+    assert_eq!(
+        failed.follower.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes()),
+        "{:?}",
+        failed.follower
+    );
+    assert_eq!(
+        failed.local.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes()),
+        "{:?}",
+        failed.local
+    );
+    assert_eq!(
+        failed.leader.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes())
+    );
+    assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
+
+    // The follower that went through is an upstream call, and saved
+    // nothing; the local follower of its flight saved a call.
+    let stats = failed.b.stats();
+    assert_eq!(stats.upstream_calls, 1);
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.coalesced, 1);
+    assert_eq!(stats.calls_saved, 1);
+    assert_eq!(stats.bytes_saved, FULL.len() as u64);
+    // B stored nothing of it: A stores its own answer, or nobody does.
+    assert_eq!(failed.b.l1_usage().await.0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_mid_stream_a_remote_follower_goes_through_within_a_deadline() {
+    let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
+    let failed = redis_fails_mid_stream(RedisServer::pause, inner_b, calls_b).await;
+    // Not a hang: the follower went through while Redis is still paused.
+    eprintln!(
+        "the remote follower completed {:?} after the pause",
+        failed.took
+    );
+    assert!(
+        failed.took < DEADLINE,
+        "went through after {:?}",
+        failed.took
+    );
+    assert_eq!(
+        failed.follower.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes()),
+        "{:?}",
+        failed.follower
+    );
+    assert_eq!(
+        failed.local.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes())
+    );
+    assert_eq!(
+        failed.leader.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes())
+    );
+    assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
+    assert_eq!(failed.b.l1_usage().await.0, 0);
+    failed.server.resume();
+}
+
+/// Every fresh answer that does not continue exactly what was forwarded:
+/// the follower's body ends with an error after the bytes it had, and
+/// nothing is stored on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_answer_that_does_not_continue_the_forwarded_bytes_ends_the_body_with_an_error() {
+    let cases: [(&str, u16, &[&'static str], bool); 5] = [
+        // A nondeterministic generation: another second token.
+        (
+            "other bytes",
+            200,
+            &["data: 1\n\ndata: X\n\ndata: 3\n\n"],
+            false,
+        ),
+        ("another status", 500, &[FULL], false),
+        (
+            "shorter than what was forwarded",
+            200,
+            &["data: 1\n\n"],
+            false,
+        ),
+        (
+            "the fresh body fails",
+            200,
+            &["data: 1\n\ndata: 2\n\n"],
+            true,
+        ),
+        (
+            "the fresh body fails after more",
+            200,
+            &["data: 1\n\ndata: 2\n\ndata: 3"],
+            true,
+        ),
+    ];
+    for (case, status, answer, fails) in cases {
+        let (inner_b, calls_b) = answering(status, pieces(answer), fails);
+        let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
+        assert!(
+            failed.follower.ended.is_err(),
+            "{case}: {:?}",
+            failed.follower
+        );
+        assert!(failed.local.ended.is_err(), "{case}: {:?}", failed.local);
+        // What the callers got is the forwarded prefix, then what the
+        // fresh answer continued it with before it went wrong: never a
+        // spliced body.
+        assert!(
+            FULL.as_bytes().starts_with(&failed.follower.bytes),
+            "{case}: {:?}",
+            failed.follower.bytes
+        );
+        assert_eq!(failed.local.bytes, failed.follower.bytes, "{case}");
+        assert!(failed.took < DEADLINE, "{case}: {:?}", failed.took);
+        assert_eq!(
+            failed.leader.complete().map(|b| &b[..]),
+            Some(FULL.as_bytes()),
+            "{case}"
+        );
+        assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{case}");
+        assert_eq!(failed.b.l1_usage().await.0, 0, "{case}: B stored something");
+        let stats = failed.b.stats();
+        assert_eq!(
+            (stats.upstream_calls, stats.coalesced, stats.bytes_saved),
+            (1, 1, 0),
+            "{case}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_mid_stream_fails_its_remote_follower_which_does_not_go_through() {
+    let server = RedisServer::start();
+    let (inner_a, calls_a, feed) = fed();
+    let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
+    // Instance A in a runtime of its own: shutting it down is the process
+    // dying, lease, stream writer and all.
+    let runtime_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    let leader = runtime_a
+        .spawn(async move {
+            let a = IdempotencyLayer::builder()
+                .redis(
+                    store(&url)
+                        .lease(Duration::from_millis(600))
+                        .connect()
+                        .await
+                        .unwrap(),
+                )
+                .build();
+            let response = a.layer(inner_a).oneshot(chat(QUESTION)).await.unwrap();
+            (a, response)
+        })
+        .await
+        .unwrap();
+    feed.data("data: 1\n\n");
+    let b = instance(store(&server.url())).await;
+    let follower = open(&b.layer(inner_b), QUESTION).await;
+    assert!(collapsed(&follower));
+    let mut follower = follower.into_body();
+    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+
+    let died = Instant::now();
+    runtime_a.shutdown_background();
+    let followed = drain(follower, b"data: 1\n\n").await;
+    eprintln!(
+        "the remote follower failed {:?} after the leader died",
+        died.elapsed()
+    );
+    assert!(followed.ended.is_err(), "{followed:?}");
+    assert_eq!(followed.bytes, "data: 1\n\n");
+    assert!(died.elapsed() < DEADLINE);
+    drop(leader);
+    // B did not go through: the leader's failure is its followers'.
+    assert_eq!((calls_a.get(), calls_b.get()), (1, 0));
+    let stats = b.stats();
+    assert_eq!(
+        (stats.upstream_calls, stats.misses, stats.coalesced),
+        (0, 0, 1)
+    );
+    assert_eq!(stats.bytes_saved, 0);
+}
+
+/// A remote follower's savings count like a local live follower's: bytes,
+/// the call, and the tokens of the `usage` in the streamed body; its
+/// flight's local followers' too. Once it went through, it is an upstream
+/// call that saved nothing.
+#[cfg(feature = "ai")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_followers_savings_count_unless_it_went_through() {
+    const STREAM: &[u8] = include_bytes!("../ai/fixtures/openai_chat_stream.sse");
+    let tokens = tower_idempotency::ai::parse_usage(Some("text/event-stream"), STREAM)
+        .unwrap()
+        .total();
+    assert!(tokens > 0);
+    let (head, tail) = STREAM.split_at(STREAM.len() / 2);
+
+    for goes_through in [false, true] {
+        let server = RedisServer::start();
+        let a = instance(store(&server.url())).await;
+        let b = instance(store(&server.url())).await;
+        let (inner_a, calls_a, feed) = fed();
+        let (inner_b, calls_b) = answering(200, vec![Bytes::from_static(STREAM)], false);
+        let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+        let leader = open(&service_a, QUESTION).await;
+        feed.data(Bytes::from_static(head));
+        let follower = open(&service_b, QUESTION).await;
+        let local = open(&service_b, QUESTION).await;
+        assert!(collapsed(&follower) && collapsed(&local));
+        let mut follower = follower.into_body();
+        let mut got = Vec::new();
+        while got.len() < head.len() {
+            got.extend_from_slice(&next_chunk(&mut follower).await);
+        }
+        if goes_through {
+            server.kill();
+        }
+        feed.data(Bytes::from_static(tail));
+        drop(feed);
+        let follower = drain(follower, &got).await;
+        let local = drain(local.into_body(), b"").await;
+        let leader = drain(leader.into_body(), b"").await;
+        for read in [&follower, &local, &leader] {
+            assert_eq!(
+                read.complete().map(|b| &b[..]),
+                Some(STREAM),
+                "{goes_through}"
+            );
+        }
+        assert_eq!(
+            (calls_a.get(), calls_b.get()),
+            (1, usize::from(goes_through))
+        );
+
+        let stats = b.stats();
+        let len = STREAM.len() as u64;
+        if goes_through {
+            // The follower is an upstream call; its local follower saved
+            // a call, its bytes and its tokens.
+            assert_eq!(
+                (stats.upstream_calls, stats.misses, stats.coalesced),
+                (1, 1, 1)
+            );
+            assert_eq!(
+                (stats.calls_saved, stats.bytes_saved, stats.tokens_saved),
+                (1, len, tokens)
+            );
+        } else {
+            assert_eq!(
+                (stats.upstream_calls, stats.misses, stats.coalesced),
+                (0, 0, 2)
+            );
+            assert_eq!(
+                (stats.calls_saved, stats.bytes_saved, stats.tokens_saved),
+                (2, 2 * len, 2 * tokens)
+            );
+        }
+    }
+}
+
+/// Hundreds of rounds of the fall-back with Redis failing at a different
+/// point each: B's reader's connection is killed (`CLIENT KILL`) while it
+/// follows, before, between or while chunks are in transit. Every round,
+/// every caller gets the complete answer, byte for byte, and B's upstream
+/// is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_redis_failing_under_remote_followers_at_random_points() {
+    const ROUNDS: usize = 200;
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..ROUNDS {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let question = format!("round {round}");
+        let answer: Vec<String> = (0..4).map(|i| format!("data: {round}.{i}\n\n")).collect();
+        let full = answer.concat();
+        // B's upstream cuts the same bytes somewhere else.
+        let cut = (seed % full.len() as u64) as usize;
+        let (inner_b, calls_b) = answering(
+            200,
+            vec![
+                Bytes::copy_from_slice(&full.as_bytes()[..cut]),
+                Bytes::copy_from_slice(&full.as_bytes()[cut..]),
+            ],
+            false,
+        );
+        let (inner_a, calls_a, feed) = fed();
+        let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+        let leader = open(&service_a, question.clone()).await;
+        feed.data(answer[0].clone());
+        let follower = open(&service_b, question.clone()).await;
+        assert!(
+            collapsed(&follower),
+            "round {round}: {:?} {:?}",
+            follower.headers(),
+            b.stats()
+        );
+        let mut follower = follower.into_body();
+        let mut got = Vec::new();
+        let fed_before = match (seed >> 8) % 4 {
+            // Only the head (the first chunk may be on its way).
+            0 => 1,
+            // The first chunk forwarded.
+            1 => {
+                got.extend_from_slice(&next_chunk(&mut follower).await);
+                1
+            }
+            // The second chunk in transit.
+            2 => {
+                feed.data(answer[1].clone());
+                2
+            }
+            // Two chunks forwarded.
+            _ => {
+                feed.data(answer[1].clone());
+                while got.len() < answer[0].len() + answer[1].len() {
+                    got.extend_from_slice(&next_chunk(&mut follower).await);
+                }
+                2
+            }
+        };
+        // B's reader is the one connection blocked in `XREAD`.
+        let mut reader = None;
+        let deadline = Instant::now() + PATIENCE;
+        while reader.is_none() {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            reader = clients
+                .lines()
+                .find(|line| line.contains("cmd=xread"))
+                .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .map(str::to_owned);
+            assert!(Instant::now() < deadline, "round {round}: no reader found");
+            if reader.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(reader.unwrap())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        for chunk in &answer[fed_before..] {
+            feed.data(chunk.clone());
+        }
+        drop(feed);
+        let follower = drain(follower, &got).await;
+        let leader = drain(leader.into_body(), b"").await;
+        assert_eq!(
+            follower.complete().map(|b| &b[..]),
+            Some(full.as_bytes()),
+            "round {round}: {follower:?}"
+        );
+        assert_eq!(leader.complete().map(|b| &b[..]), Some(full.as_bytes()));
+        assert_eq!((calls_a.get(), calls_b.get()), (1, 1), "round {round}");
+    }
+    eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
+    // Every remote follower went through, and none counted as coalesced.
+    let stats = b.stats();
+    assert_eq!(stats.upstream_calls, ROUNDS as u64);
+    assert_eq!(stats.coalesced, 0);
+    assert_eq!(b.l1_usage().await.0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_master_of_the_key_killed_mid_stream_a_remote_follower_goes_through() {
+    let cluster = RedisCluster::start();
+    let connect = || async {
+        let redis = RedisStore::cluster_builder(cluster.urls())
+            .streams(true)
+            .poll_interval(Duration::from_secs(5))
+            .timeout(Duration::from_millis(500))
+            .write_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .unwrap();
+        IdempotencyLayer::builder().redis(redis).build()
+    };
+    let (a, b) = (connect().await, connect().await);
+    let key = key_of(&a, &chat(QUESTION)).await;
+    let master = cluster.master_of(cluster.keyslot(&entry_name("", &key)), 0);
+
+    let (inner_a, calls_a, feed) = fed();
+    let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
+    let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+    let leader = open(&service_a, QUESTION).await;
+    feed.data("data: 1\n\n");
+    let follower = open(&service_b, QUESTION).await;
+    assert!(collapsed(&follower), "{:?}", follower.headers());
+    let mut follower = follower.into_body();
+    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+    assert_eq!(calls_b.get(), 0, "B went through before Redis failed");
+
+    cluster.node(master).kill();
+    let killed = Instant::now();
+    let followed = drain(follower, b"data: 1\n\n").await;
+    eprintln!(
+        "on a cluster, the remote follower completed {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(killed.elapsed() < DEADLINE);
+    assert_eq!(
+        followed.complete().map(|b| &b[..]),
+        Some(FULL.as_bytes()),
+        "{followed:?}"
+    );
+    feed.data("data: 2\n\ndata: 3\n\n");
+    drop(feed);
+    let leader = drain(leader.into_body(), b"").await;
+    assert_eq!(leader.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
+    assert_eq!((calls_a.get(), calls_b.get()), (1, 1));
+}
