@@ -358,5 +358,144 @@ mod peers {
     }
 }
 
-criterion_group!(benches, bench_paths);
+/// What a miss cannot avoid, for the reader of the ratios above: the L1
+/// insert a stored answer costs (moka, configured as the layer's L1:
+/// a byte-weighed LRU segment with per-entry expiry, a fast hasher; then
+/// the invalidation of the other segment, as `MemoryStore::insert` does),
+/// and a task spawned and awaited per request (what the recording of a
+/// miss cost while it always ran in a task of its own). Each row's time is
+/// per operation; `floor/bare_get/seq` is the bare GET of `get_miss` again,
+/// in this group's run.
+fn bench_floor(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("floor");
+    let bare = runtime.block_on(app(Contender::Bare));
+    group.bench_function("bare_get/seq", |b| {
+        b.iter_custom(|iters| runtime.block_on(run(&bare, Case::GetMiss, 1, iters)))
+    });
+
+    let (probation, protected) = floor::l1();
+    let answer = answer_body();
+    group.bench_function("l1_insert/seq", |b| {
+        b.iter_custom(|iters| {
+            REQUESTS.fetch_add(iters, Ordering::Relaxed);
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let key = floor::next_key();
+                    probation.insert(key, Arc::new(answer.clone())).await;
+                    protected.invalidate(&key).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("spawn/seq", |b| {
+        b.iter_custom(|iters| {
+            REQUESTS.fetch_add(iters, Ordering::Relaxed);
+            runtime.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(tokio::spawn(async move { black_box(i) }).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    if std::env::var_os("PATHS_COUNT").is_some() {
+        eprintln!("requests: {}", REQUESTS.load(Ordering::Relaxed));
+    }
+}
+
+mod floor {
+    //! A stand-in for the layer's L1 (`src/store/memory.rs`, crate-private).
+
+    use std::{
+        hash::{BuildHasher, Hasher},
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc,
+        },
+        time::{Duration, Instant},
+    };
+
+    use bytes::Bytes;
+    use moka::{future::Cache, policy::EvictionPolicy, Expiry};
+
+    pub(super) type Key = [u8; 32];
+    pub(super) type L1 = Cache<Key, Arc<Bytes>, Fast>;
+
+    /// Keys are digests: a hasher that folds their first eight bytes, as
+    /// cheap as the layer's keyed one.
+    #[derive(Clone, Default)]
+    pub(super) struct Fast;
+
+    pub(super) struct FastHasher(u64);
+
+    impl BuildHasher for Fast {
+        type Hasher = FastHasher;
+        fn build_hasher(&self) -> FastHasher {
+            FastHasher(0x243f_6a88_85a3_08d3)
+        }
+    }
+
+    impl Hasher for FastHasher {
+        fn write(&mut self, bytes: &[u8]) {
+            for chunk in bytes.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                let product = u128::from(self.0 ^ u64::from_le_bytes(word)) * 0x243f_6a88_85a3_08d3;
+                self.0 = (product as u64) ^ ((product >> 64) as u64);
+            }
+        }
+        fn finish(&self) -> u64 {
+            self.0
+        }
+    }
+
+    struct AnHour;
+
+    impl Expiry<Key, Arc<Bytes>> for AnHour {
+        fn expire_after_create(&self, _: &Key, _: &Arc<Bytes>, _: Instant) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+
+    /// Probation and protected segments, sized as the default layer's.
+    pub(super) fn l1() -> (L1, L1) {
+        let capacity: u64 = 64 * 1024 * 1024;
+        let segment = |capacity: u64| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .weigher(|_: &Key, body: &Arc<Bytes>| 256 + body.len() as u32)
+                .expire_after(AnHour)
+                .build_with_hasher(Fast)
+        };
+        (segment(capacity / 5 * 4), segment(capacity / 5))
+    }
+
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+
+    /// A fresh key spread like a digest (SplitMix64 of a counter).
+    pub(super) fn next_key() -> Key {
+        let mut x = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut key = [0u8; 32];
+        for word in key.chunks_mut(8) {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        key
+    }
+}
+
+criterion_group!(benches, bench_paths, bench_floor);
 criterion_main!(benches);

@@ -152,7 +152,7 @@
 //! | `engine/tee.rs` | the leader's response streams to every reader while it is recorded, then stored |
 //! | `engine/respond.rs` | building the caller's response: replay, live view, problem response, `cache-status` |
 //! | `engine/observe.rs`, `engine/ai.rs` | one `observe(outcome)` for counters, metrics and span; the `ai` feature's one seam |
-//! | `flight/` | single flight in one process: the map (`mod.rs`), one flight (`state.rs`), its `leader.rs`, each `reader.rs`, the recording `budget.rs` |
+//! | `flight/` | single flight in one process: the map (`mod.rs`), one flight (`state.rs`), its `leader.rs`, each `reader.rs`, who drives the recording (`drive.rs`), the recording `budget.rs` |
 //! | `record/` | the stored response (`mod.rs`), its binary form (`codec.rs`), its `Vary` (`vary.rs`) |
 //! | `store/` | L1 (`memory.rs`, moka), the engine's view of the L2 (`l2.rs`), invalidations to L1 (`invalidation.rs`), `redis/` and `sqlite/` |
 //! | `store/redis/` | one file per concern: `store.rs`, `builder.rs`, `lookup.rs`, `lease.rs`, `waiters.rs`, `pubsub.rs`, `counters.rs`, `admin.rs`, `cluster.rs`, `scripts.rs`, `breaker.rs`; `stream/` streams a leader's answer live to waiters on other instances (opt-in) |

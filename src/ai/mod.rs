@@ -141,6 +141,26 @@ pub fn response_model(content_type: Option<&str>, body: &[u8]) -> Option<String>
     }
 }
 
+/// The usage and the model of a complete response body, in one pass: what
+/// [`parse_usage`] and [`response_model`] return.
+pub(crate) fn usage_and_model(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (Option<Usage>, Option<String>) {
+    match body_kind(content_type, body) {
+        BodyKind::Json => {
+            let mut state = ScanState::default();
+            state.event(body);
+            (state.usage(), state.into_model())
+        }
+        BodyKind::EventStream => {
+            let mut scanner = UsageScanner::new();
+            scanner.feed(body);
+            scanner.finish_with_model()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
     Json,
@@ -150,18 +170,28 @@ enum BodyKind {
 fn body_kind(content_type: Option<&str>, body: &[u8]) -> BodyKind {
     let essence = content_type
         .and_then(|value| value.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("text/event-stream") => BodyKind::EventStream,
+        .map(str::trim);
+    match essence {
+        Some(essence) if essence.eq_ignore_ascii_case("text/event-stream") => BodyKind::EventStream,
         Some(essence) if is_json_media_type(essence) => BodyKind::Json,
         _ => sniff(body),
     }
 }
 
+/// `application/json` or any `+json` type, compared case-insensitively.
 fn is_json_media_type(essence: &str) -> bool {
     match essence.split_once('/') {
-        Some(("application", "json")) => true,
-        Some((kind, subtype)) => !kind.is_empty() && subtype.ends_with("+json"),
+        Some((kind, subtype))
+            if kind.eq_ignore_ascii_case("application") && subtype.eq_ignore_ascii_case("json") =>
+        {
+            true
+        }
+        Some((kind, subtype)) => {
+            let subtype = subtype.as_bytes();
+            !kind.is_empty()
+                && subtype.len() >= 5
+                && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json")
+        }
         None => false,
     }
 }
@@ -239,6 +269,47 @@ mod tests {
             parse_usage(ct, br#"{"usage":{"prompt_tokens":1e400}}"#),
             None,
             "number out of f64 range is a JSON error"
+        );
+    }
+
+    #[test]
+    fn usage_and_model_in_one_pass_agree_with_each_alone() {
+        let bodies: [(Option<&str>, &[u8]); 7] = [
+            (
+                Some("application/json"),
+                br#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            ),
+            (
+                Some("Application/Vnd.Api+JSON"),
+                br#"{"usage":{"input_tokens":1},"message":{"model":"c"}}"#,
+            ),
+            (Some("application/json"), b"not json"),
+            (
+                Some("text/event-stream"),
+                b"data: {\"model\":\"s\",\"usage\":{\"prompt_tokens\":1}}\n\n",
+            ),
+            (None, br#" {"model":"sniffed","usage":{"output_tokens":2}}"#),
+            (Some("text/plain"), b"data: {\"model\":\"x\"}\n\n"),
+            (Some("application/json"), br#"{"model":"","usage":null}"#),
+        ];
+        for (ct, body) in bodies {
+            assert_eq!(
+                usage_and_model(ct, body),
+                (parse_usage(ct, body), response_model(ct, body)),
+                "{ct:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            usage_and_model(Some("application/json"), bodies[0].1),
+            (
+                Some(Usage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                    ..Usage::default()
+                }),
+                Some("m".to_owned())
+            )
         );
     }
 

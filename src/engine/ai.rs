@@ -15,7 +15,7 @@ mod enabled {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::{header, HeaderMap};
+    use http::{header, HeaderMap, HeaderValue};
 
     use crate::{
         ai::{self, PriceTable, Sampling, UsageScanner},
@@ -71,23 +71,23 @@ mod enabled {
     /// Reads token usage as the body streams (server-sent events), or from
     /// the recorded body at the end (JSON).
     pub(in crate::engine) struct UsageReader {
-        content_type: Option<String>,
+        content_type: Option<HeaderValue>,
         scanner: Option<UsageScanner>,
     }
 
     impl UsageReader {
         pub(in crate::engine) fn new(headers: &HeaderMap) -> Self {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
+            let content_type = headers.get(header::CONTENT_TYPE).cloned();
+            let streamed = content_type
+                .as_ref()
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let streamed = content_type.as_deref().is_some_and(|ct| {
-                ct.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("text/event-stream")
-            });
+                .is_some_and(|ct| {
+                    ct.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("text/event-stream")
+                });
             Self {
                 scanner: streamed.then(UsageScanner::new),
                 content_type,
@@ -116,13 +116,13 @@ mod enabled {
         ) -> Meta {
             let (usage, response_model) = match (self.scanner, body) {
                 (Some(scanner), _) => scanner.finish_with_model(),
-                (None, Some(body)) => (
-                    ai::parse_usage(self.content_type.as_deref(), body),
-                    model
-                        .is_none()
-                        .then(|| ai::response_model(self.content_type.as_deref(), body))
-                        .flatten(),
-                ),
+                (None, Some(body)) => {
+                    let content_type = self.content_type.as_ref().and_then(|v| v.to_str().ok());
+                    // One pass for both; the response's model is kept only
+                    // when the request named none.
+                    let (usage, response_model) = ai::usage_and_model(content_type, body);
+                    (usage, response_model.filter(|_| model.is_none()))
+                }
                 (None, None) => (None, None),
             };
             Meta {

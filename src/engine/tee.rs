@@ -1,13 +1,22 @@
 //! The tee: the leader's upstream response streams to every reader while
 //! it is recorded, then is stored in L1 and L2 and the waiters are woken.
 
-use std::{future::Future, pin::pin, sync::Arc};
+use std::{
+    future::{poll_fn, Future},
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::{Buf, Bytes};
 use http::{response, HeaderMap};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::{sync::oneshot, time::timeout};
+use tokio::{
+    sync::oneshot,
+    time::{error::Elapsed, timeout},
+};
 
 use super::{
     ai::UsageReader,
@@ -107,7 +116,7 @@ impl Engine {
         let failure: Option<BoxError> = loop {
             // Readers that make no room for as long as the upstream may stay
             // idle are dropped: one stalled client never stalls the others.
-            let room = timeout(
+            let room = within(
                 self.config.idle_timeout,
                 leader.room(self.config.max_response_body),
             );
@@ -122,7 +131,7 @@ impl Engine {
                     continue;
                 }
             }
-            let frame = match timeout(self.config.idle_timeout, body.as_mut().frame()).await {
+            let frame = match within(self.config.idle_timeout, body.as_mut().frame()).await {
                 Err(_) => break Some("the upstream body was idle past the idle timeout".into()),
                 Ok(None) => break None,
                 Ok(Some(Err(error))) => break Some(error.into()),
@@ -267,4 +276,16 @@ impl Engine {
             vary,
         }
     }
+}
+
+/// `future`, bounded by `idle` as `tokio::time::timeout` would, with the
+/// timer armed only if the future has to wait: the frames of an answer
+/// already in memory are ready at once, and a timer per frame (a clock read,
+/// a runtime handle) was a measurable part of a miss.
+async fn within<F: Future>(idle: Duration, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = pin!(future);
+    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        return Ok(output);
+    }
+    timeout(idle, future).await
 }

@@ -2,14 +2,19 @@
 //! request on its way to it ([`Pending`]), a bypass that forwards it
 //! untouched, and a leader's call, which the tee (`tee.rs`) then records.
 
-use std::{future::Future, panic, sync::Arc, time::Instant};
+use std::{
+    future::{poll_fn, Future},
+    panic,
+    pin::Pin,
+    sync::Arc,
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{request, HeaderMap, Request, Response};
 use http_body::Body;
 use tokio::{
     sync::oneshot,
-    task::JoinHandle,
     time::{error::Elapsed, timeout},
 };
 
@@ -95,7 +100,7 @@ pub(super) struct Claim {
     pub(super) _renewal: Option<Renewal>,
 }
 
-/// What the recording task tells the leader's caller once the head is in.
+/// What the recording tells the leader's caller once the head is in.
 pub(super) struct Started {
     pub(super) head: Arc<Head>,
     pub(super) reader: Reader,
@@ -172,8 +177,9 @@ impl Engine {
         Ok(response)
     }
 
-    /// Leads with a call that runs in a task of its own from the start: it
-    /// completes, and is stored, even if the leader's caller goes away.
+    /// Leads with a call that outlives its caller if need be: it completes,
+    /// and is stored, even if the leader's caller goes away. The caller
+    /// drives it until its head is in (see `crate::flight::Drive`).
     pub(crate) async fn lead_detached<F, RB, E>(
         self: Arc<Self>,
         lead: Lead,
@@ -185,17 +191,14 @@ impl Engine {
         RB::Error: Into<BoxError>,
         E: Send + 'static,
     {
-        let refresh = lead.job.refresh;
-        let (started_tx, started_rx) = oneshot::channel();
         let call = timeout(self.config.upstream_timeout, call);
-        let task = tokio::spawn(Arc::clone(&self).record(lead, call, started_tx));
-        self.started(started_rx, task, refresh).await
+        self.lead_with(lead, call).await
     }
 
     /// Leads with a call that borrows from its caller (a client middleware
-    /// chain): its head is awaited here, then the body is recorded in a task
-    /// of its own. If the caller goes away before the head, the call is
-    /// cancelled and a follower takes over.
+    /// chain): its head is awaited here, then the body is recorded as for
+    /// [`lead_detached`](Self::lead_detached). If the caller goes away
+    /// before the head, the call is cancelled and a follower takes over.
     #[cfg(feature = "reqwest")]
     pub(crate) async fn lead_attached<F, RB, E>(
         self: Arc<Self>,
@@ -208,27 +211,43 @@ impl Engine {
         RB::Error: Into<BoxError>,
         E: Send + 'static,
     {
-        let refresh = lead.job.refresh;
         let result = timeout(self.config.upstream_timeout, call).await;
-        let (started_tx, started_rx) = oneshot::channel();
-        let task =
-            tokio::spawn(Arc::clone(&self).record(lead, std::future::ready(result), started_tx));
-        self.started(started_rx, task, refresh).await
+        self.lead_with(lead, std::future::ready(result)).await
     }
 
-    /// The leader's caller's answer, once the recording task has the head.
-    async fn started<RB, E>(
-        &self,
-        started: oneshot::Receiver<Result<Started, NoHead<E>>>,
-        task: JoinHandle<()>,
-        refresh: bool,
-    ) -> Answer<RB, E> {
-        match started.await {
+    /// Records `call` into the leader's flight, driven by this caller until
+    /// the head is in (or it detaches earlier), and answers the caller.
+    async fn lead_with<F, RB, E>(self: Arc<Self>, lead: Lead, call: F) -> Answer<RB, E>
+    where
+        F: Future<Output = Bounded<RB, E>> + Send + 'static,
+        RB: Body + Send + 'static,
+        RB::Error: Into<BoxError>,
+        E: Send + 'static,
+    {
+        let refresh = lead.job.refresh;
+        // Waiters on other instances must not wait on this caller's pace.
+        let leased = lead.claim.lease.is_some();
+        let drive = lead.leader.drive();
+        let (started_tx, mut started_rx) = oneshot::channel();
+        drive.attach(Box::pin(Arc::clone(&self).record(lead, call, started_tx)));
+        if leased {
+            drive.detach();
+        }
+        let started = poll_fn(|cx| {
+            drive.poll(cx);
+            Pin::new(&mut started_rx).poll(cx)
+        })
+        .await;
+        match started {
             Ok(Ok(Started { head, reader })) => {
                 let status = match (refresh, head.promised) {
                     (false, stored) => CacheStatus::Miss { stored },
                     (true, stored) => CacheStatus::Refresh { stored },
                 };
+                // What is left (the body of a streamed answer) runs in a
+                // task of its own: the upstream is read as it comes,
+                // whatever pace this caller reads its body at.
+                drop(drive);
                 Ok(self.live(&head, &head.headers, reader, status))
             }
             Ok(Err(NoHead::Upstream(error))) => Err(error),
@@ -236,11 +255,15 @@ impl Engine {
                 ErrorKind::UpstreamTimeout,
                 "no response head within the upstream timeout",
             ))),
-            // The task ended without a word: it panicked. Panic here too, as
-            // the inner service would have without the layer.
-            Err(_) => match task.await {
-                Err(error) if error.is_panic() => panic::resume_unwind(error.into_panic()),
-                _ => Ok(self.internal_error()),
+            // The recording ended without a word: it panicked in a task of
+            // its own (one panicking here has already unwound). Panic here
+            // too, as the inner service would have without the layer.
+            Err(_) => match drive.task() {
+                Some(task) => match task.await {
+                    Err(error) if error.is_panic() => panic::resume_unwind(error.into_panic()),
+                    _ => Ok(self.internal_error()),
+                },
+                None => Ok(self.internal_error()),
             },
         }
     }

@@ -8,6 +8,7 @@ use http::HeaderMap;
 
 use super::{
     budget::Budget,
+    drive::Drive,
     reader::{Reader, EVICTED},
     state::{End, Flight, Head, Phase},
     Flights,
@@ -55,6 +56,12 @@ impl Leader {
             flight,
             finished: false,
         }
+    }
+
+    /// The leader's caller's hold on the recording this leader will run in
+    /// (see [`Drive`]).
+    pub(crate) fn drive(&self) -> Drive {
+        Drive::new(Arc::clone(&self.flight))
     }
 
     /// Answers the flight with a stored entry.

@@ -39,9 +39,12 @@
 //!   readers, and how a follower [`join`](Flight::join)s it;
 //! - `leader`: the [`Leader`], which publishes the upstream response;
 //! - `reader`: a [`Reader`], one caller's walk through the body;
+//! - `drive`: who drives the leader's recording, its caller or a task of
+//!   its own ([`Drive`]);
 //! - `budget`: the recording [`Budget`] every flight draws on.
 
 mod budget;
+mod drive;
 mod leader;
 mod reader;
 mod state;
@@ -99,7 +102,12 @@ impl Flights {
         // A flight leaves the map before it ends, so one found here is live;
         // should an ended one linger all the same, it is never joined.
         if let Some(flight) = map.get(&key).filter(|flight| !flight.is_over()) {
-            return Role::Follow(Arc::clone(flight));
+            let flight = Arc::clone(flight);
+            drop(map);
+            // A follower never waits on the leader's caller's pace: the
+            // recording goes on in a task of its own (`drive.rs`).
+            flight.detach();
+            return Role::Follow(flight);
         }
         let flight = Arc::new(Flight::new(key, fingerprint));
         map.insert(key, Arc::clone(&flight));

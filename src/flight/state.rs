@@ -14,6 +14,7 @@ use http::{HeaderMap, StatusCode, Version};
 
 use super::{
     budget::Budget,
+    drive::Driver,
     lock,
     reader::{Reader, EVICTED},
 };
@@ -53,6 +54,8 @@ pub(crate) struct Flight {
     pub(super) key: Key,
     fingerprint: Option<Key>,
     state: Mutex<State>,
+    /// Where the leader's recording runs (`drive.rs`).
+    pub(super) driver: Mutex<Driver>,
 }
 
 pub(super) struct State {
@@ -136,6 +139,7 @@ impl Flight {
                 driver: None,
                 end: None,
             }),
+            driver: Mutex::new(Driver::Idle),
         }
     }
 
