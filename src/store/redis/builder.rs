@@ -17,7 +17,7 @@ use super::{
     keys::instance_id,
     pubsub,
     store::{Inner, RedisStore},
-    stream,
+    stream::{self, Leading},
 };
 use crate::store::invalidation;
 
@@ -172,6 +172,14 @@ impl RedisStoreBuilder {
     /// as it arrives (a Redis Stream per key), rather than have them wait
     /// for the stored entry. Default: off.
     ///
+    /// The cost: nothing until a duplicate on another instance waits for
+    /// the answer. The leader keeps its chunks (refcounted, within the
+    /// response limit) and writes no stream; the first waiter elsewhere
+    /// asks for it (one `PUBLISH` per key and instance, at most once a
+    /// second), and then the leader appends its head and the body so far,
+    /// and one `XADD` per batch ([`stream_batch`](Self::stream_batch)) from
+    /// then on, whatever the number of followers.
+    ///
     /// The trade-off: a waiter elsewhere gets the first bytes as soon as
     /// the leader does, but once it has forwarded the head it can no longer
     /// go through itself. If the leader fails, loses Redis or dies
@@ -265,6 +273,7 @@ impl RedisStoreBuilder {
             breakers,
             waiters: Arc::default(),
             readers: Arc::default(),
+            leading: Leading::default(),
             invalidations: broadcast::channel(invalidation::CAPACITY).0,
             runtime: Handle::current(),
             pending: Pending::default(),

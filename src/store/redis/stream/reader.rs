@@ -1,5 +1,6 @@
 //! The followers' side: a waiter that finds the lease held by a leader
-//! that streams registers a [`Follow`]; one task per store reads every
+//! that streams registers a [`Follow`] (one that finds no stream asks for
+//! it, see `want.rs`); one task per store reads every
 //! followed stream through one blocking connection (`XREAD BLOCK` over all
 //! of them at once on a single node) and hands each follower its entries.
 //!
@@ -18,12 +19,16 @@ use bytes::Bytes;
 use redis::{aio::MultiplexedConnection, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::entry::{self, StreamEntry};
+use super::{
+    entry::{self, StreamEntry},
+    want::Asks,
+};
 use crate::{
     key::Key,
     record::Record,
     store::redis::{
         connection::Conn,
+        pubsub::Event,
         store::{Inner, RedisStore},
     },
 };
@@ -42,6 +47,8 @@ const QUIET: Duration = Duration::from_millis(250);
 pub(crate) struct Readers {
     followed: Mutex<HashMap<String, Followed>>,
     changed: Notify,
+    /// When this store last asked for each stream.
+    asks: Asks,
 }
 
 struct Followed {
@@ -104,7 +111,9 @@ impl Drop for Registration {
 impl RedisStore {
     /// Follows `key`'s stream if the leader holding its lease streams an
     /// answer that has not failed; `None` (wait as before) otherwise, or
-    /// when this store already follows it.
+    /// when this store already follows it. A leader that does not stream
+    /// yet is asked to (at most once a second per key and store): the
+    /// waiter is woken when its stream starts.
     pub(crate) async fn follow(&self, ns: &str, key: &Key) -> Option<Follow> {
         let inner = &self.inner;
         if !inner.settings.streams {
@@ -142,10 +151,18 @@ impl RedisStore {
         // The head must be the lease holder's: a stream left by a leader
         // that lost its lease is not followed.
         let writer = Bytes::from(holder?);
-        let first = entry::entries(&first).into_iter().next()?;
-        if !first.written_by(&writer) {
+        let first = entry::entries(&first)
+            .into_iter()
+            .next()
+            .filter(|first| first.written_by(&writer));
+        let Some(first) = first else {
+            // The leader keeps its answer to itself until someone asks.
+            if inner.readers.asks.may_ask(&name, Instant::now()) {
+                let want = Event::Want(ns.to_owned(), *key);
+                let _ = inner.publish(want, Some(&name)).await;
+            }
             return None;
-        }
+        };
         let failed = entry::entries(&last)
             .first()
             .is_some_and(|last| last.written_by(&writer) && last.is_failure());
