@@ -7,11 +7,14 @@
 //! A follower's stream fails, and never passes for complete, when Redis
 //! fails or stops answering, when the stream disappears, or when the lease
 //! is gone without an end in the stream (the leader's process died, or it
-//! lost Redis).
+//! lost Redis). The last is told apart when this store has seen Redis fail
+//! within a lease's time: then the lease may have gone with Redis (a pause
+//! past it, a restart) while the leader lives, and the failure is Redis's,
+//! not the leader's.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, MutexGuard, PoisonError, Weak},
     time::{Duration, Instant},
 };
 
@@ -49,6 +52,16 @@ pub(crate) struct Readers {
     changed: Notify,
     /// When this store last asked for each stream.
     asks: Asks,
+    /// When this store last saw Redis fail.
+    trouble: Mutex<Trouble>,
+}
+
+/// The store's failed and skipped operations last counted, and when they
+/// last grew (or a read of the streams failed).
+#[derive(Default)]
+struct Trouble {
+    counted: u64,
+    at: Option<Instant>,
 }
 
 struct Followed {
@@ -67,6 +80,28 @@ struct Followed {
 impl Readers {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Followed>> {
         self.followed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Redis failed for this store now.
+    fn troubled(&self) {
+        self.trouble
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .at = Some(Instant::now());
+    }
+
+    /// Whether this store saw Redis fail within `window`, counting its
+    /// failed and skipped operations so far, `counted`.
+    fn troubled_within(&self, counted: u64, window: Duration) -> bool {
+        let mut trouble = self.trouble.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if counted != trouble.counted {
+            trouble.counted = counted;
+            trouble.at = Some(now);
+        }
+        trouble
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// Fails every stream followed (Redis failed), and forgets them.
@@ -232,6 +267,7 @@ pub(in crate::store::redis) async fn read_streams(
                     match tokio::time::timeout(store.settings.connect_timeout, connect).await {
                         Ok(Ok(conn)) => blocking = Some(conn),
                         _ => {
+                            readers.troubled();
                             readers.fail_all("redis is unreachable");
                             drop(store);
                             tokio::time::sleep(backoff).await;
@@ -287,6 +323,7 @@ pub(in crate::store::redis) async fn read_streams(
             // Redis failed or stopped answering mid-stream: nobody's body
             // may pass for complete.
             blocking = None;
+            readers.troubled();
             readers.fail_all("redis failed while following the stream");
             drop(store);
             tokio::time::sleep(backoff).await;
@@ -294,6 +331,9 @@ pub(in crate::store::redis) async fn read_streams(
             continue;
         };
         backoff = Duration::from_millis(50);
+        if !failed.is_empty() {
+            readers.troubled();
+        }
         readers.fail(&failed, "redis failed while following the stream");
         let got_any = !found.is_empty();
         deliver(&readers, found);
@@ -339,6 +379,9 @@ fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
 /// still there? A lease gone without an end read since fails the stream.
 async fn check_leases(store: &Inner, readers: &Readers) {
     let now = Instant::now();
+    let counted = store.errors.load(Relaxed) + store.skipped.load(Relaxed);
+    // Redis failed here lately: a lease gone may have gone with it.
+    let troubled = readers.troubled_within(counted, store.settings.lease);
     let quiet: Vec<(String, String, Bytes)> = readers
         .map()
         .iter()
@@ -375,9 +418,12 @@ async fn check_leases(store: &Inner, readers: &Readers) {
             // The leader is gone (or lost its lease), and the read since
             // found no end.
             Ok(_) if followed.orphaned => {
-                let _ = followed
-                    .entries
-                    .send(StreamEntry::Failed("the leader went away mid-stream"));
+                let why = if troubled {
+                    "the lease went while redis was failing"
+                } else {
+                    "the leader went away mid-stream"
+                };
+                let _ = followed.entries.send(StreamEntry::Failed(why));
                 map.remove(&name);
             }
             Ok(_) => followed.orphaned = true,
