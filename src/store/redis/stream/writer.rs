@@ -181,7 +181,7 @@ impl Task {
             let mut entries = Vec::with_capacity(2);
             let too_large = sent > self.limit;
             if too_large {
-                entries.push((FAILED, Bytes::from_static(b"too large")));
+                entries.push((FAILED, Bytes::from_static(entry::TOO_LARGE)));
             } else {
                 if !batch.body.is_empty() {
                     entries.push((CHUNK, batch.body.freeze()));
