@@ -27,7 +27,7 @@
 //! the lease), followers skip the entries that are not their leader's, and
 //! fail when they find the lease held by another.
 //!
-//! Off by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
+//! On by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
 //!
 //! A stream is only written for an answer that may be shared and stored:
 //! a `private` or oversized answer never reaches Redis, and its waiters are
