@@ -10,7 +10,7 @@
 //! | `h` | the head: status, version, shareable headers and metadata (the `Vary` digest, the `Idempotency-Key` fingerprint), in the record's binary form with an empty body |
 //! | `c` | body bytes: the chunks that arrived within one batch, concatenated |
 //! | `e` | the end of a complete body: its trailers, in the record's binary form |
-//! | `f` | the end of a failed body (upstream error, idle, too large): a reason |
+//! | `f` | the end of a failed body (upstream error, idle, too large): a reason; `too large` is the leader's caller served whole, only not shared, not the leader's failure |
 //!
 //! A leader writes nothing at first: its writer keeps the head and the
 //! chunks (refcounted, within the response limit) until some instance asks
