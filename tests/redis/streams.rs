@@ -819,3 +819,77 @@ async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
     println!("{followed_live} of {ROUNDS} rounds followed the stream live");
     assert!(followed_live > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    // The leader's upstream answers only once the gate opens: the waiter
+    // on B finds the lease held, asks, and nothing can start yet.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (feed, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let (inner, calls) = upstream({
+        let gate = Arc::clone(&gate);
+        move |seen: Seen| {
+            let (gate, body) = (Arc::clone(&gate), body.lock().unwrap().take());
+            async move {
+                match body {
+                    Some(body) => {
+                        gate.notified().await;
+                        let mut response = Response::new(body.boxed());
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("text/event-stream"),
+                        );
+                        response
+                    }
+                    None => respond(200, format!("fresh #{}", seen.call)),
+                }
+            }
+        }
+    });
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = tokio::spawn({
+        let service_a = service_a.clone();
+        async move { open(&service_a).await }
+    });
+    until("the leader holds the lease", || {
+        !server
+            .cli(&["--scan", "--pattern", "tidem:*:lease"])
+            .is_empty()
+    })
+    .await;
+    let follower = tokio::spawn(async move { open(&service_b).await });
+    // B has asked by now (its first look is a few round trips).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!exists(&server, &stream));
+
+    gate.notify_one();
+    feed.data("data: 0\n\n");
+    let opened = Instant::now();
+    let follower = follower.await.unwrap();
+    let mut follower_body = follower.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    // Kept, not asked again: B waits 5 s between looks without a message.
+    assert!(
+        opened.elapsed() < Duration::from_millis(2500),
+        "the want was lost: the stream started {:?} after the head",
+        opened.elapsed()
+    );
+    assert_eq!(first, "data: 0\n\n");
+    feed.data("data: 1\n\n");
+    drop(feed);
+    let (led, _) = rest(leader.await.unwrap().into_body(), Vec::new())
+        .await
+        .unwrap();
+    let (followed, _) = rest(follower_body, first.to_vec()).await.unwrap();
+    assert_eq!(led, "data: 0\n\ndata: 1\n\n");
+    assert_eq!(followed, led);
+    assert_eq!(calls.get(), 1);
+}
