@@ -29,10 +29,12 @@ pub(super) const ASK_EVERY: Duration = Duration::from_secs(1);
 /// are forgotten.
 const ASKS_KEPT: usize = 256;
 
-/// The leases this store holds, by name: the token, and the signal that
-/// some instance wants the key's stream.
+/// The leases this store holds or is claiming, by name: the token, and the
+/// signal that some instance wants the key's stream. Usually one per name;
+/// two layers on one store may claim the same key at once (one of them
+/// finds it held).
 #[derive(Default)]
-pub(crate) struct Leading(Mutex<HashMap<String, Led>>);
+pub(crate) struct Leading(Mutex<HashMap<String, Vec<Led>>>);
 
 struct Led {
     token: String,
@@ -40,20 +42,17 @@ struct Led {
 }
 
 impl Leading {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Led>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Vec<Led>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The lease `lease` is about to be claimed under `token`: wants for
     /// its key are kept from now on, even before its answer's head exists.
     pub(in crate::store::redis) fn register(&self, lease: &str, token: &str) {
-        self.map().insert(
-            lease.to_owned(),
-            Led {
-                token: token.to_owned(),
-                wanted: Arc::default(),
-            },
-        );
+        self.map().entry(lease.to_owned()).or_default().push(Led {
+            token: token.to_owned(),
+            wanted: Arc::default(),
+        });
     }
 
     /// The lease `lease` under `token` is gone (released, lost, never
@@ -61,8 +60,11 @@ impl Leading {
     /// same key since then stays.
     pub(in crate::store::redis) fn forget(&self, lease: &str, token: &str) {
         let mut map = self.map();
-        if map.get(lease).is_some_and(|led| led.token == token) {
-            map.remove(lease);
+        if let Some(leds) = map.get_mut(lease) {
+            leds.retain(|led| led.token != token);
+            if leds.is_empty() {
+                map.remove(lease);
+            }
         }
     }
 
@@ -70,9 +72,9 @@ impl Leading {
     /// `lease`. Whether this store holds that lease.
     pub(in crate::store::redis) fn want(&self, lease: &str) -> bool {
         match self.map().get(lease) {
-            Some(led) => {
+            Some(leds) => {
                 // One permit, however many wants: the writer starts once.
-                led.wanted.notify_one();
+                leds.iter().for_each(|led| led.wanted.notify_one());
                 true
             }
             None => false,
@@ -82,8 +84,9 @@ impl Leading {
     /// The signal of the lease `lease` held under `token`, for its writer.
     pub(super) fn signal(&self, lease: &str, token: &str) -> Option<Arc<Notify>> {
         self.map()
-            .get(lease)
-            .filter(|led| led.token == token)
+            .get(lease)?
+            .iter()
+            .find(|led| led.token == token)
             .map(|led| Arc::clone(&led.wanted))
     }
 
@@ -139,11 +142,16 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_millis(20), signal.notified()).await;
         assert!(again.is_err(), "a second permit");
 
-        // A later claim of the key is not forgotten with the earlier one.
+        // Claims of the same key (two layers on one store) are forgotten
+        // each with its own lease.
         leading.register("l:a", "t2");
-        leading.forget("l:a", "t1");
-        assert_eq!(leading.len(), 1);
         leading.forget("l:a", "t2");
+        assert!(leading.signal("l:a", "t1").is_some(), "the holder's, kept");
+        leading.register("l:a", "t3");
+        leading.forget("l:a", "t1");
+        assert!(leading.signal("l:a", "t3").is_some());
+        assert_eq!(leading.len(), 1);
+        leading.forget("l:a", "t3");
         assert_eq!(leading.len(), 0);
         assert!(!leading.want("l:a"));
     }
