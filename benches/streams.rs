@@ -1,6 +1,7 @@
 //! Live streams across instances: how long a chunk takes from instance A's
 //! upstream to the caller of a duplicate request on instance B, and how
-//! many Redis commands a streamed answer costs.
+//! many Redis commands a streamed answer costs, with that remote follower
+//! and without one (A's request alone).
 //!
 //! Two layers, each with its own `RedisStore`, stand for two instances;
 //! they share one `redis-server` the bench starts on a free loopback port
@@ -16,11 +17,14 @@
 //! leader's, byte for byte.
 //!
 //! Runs, one per `stream_batch` setting (0 ms: append every chunk at once;
-//! 10 ms, the default). Redis commands per answer are `INFO commandstats`
+//! 10 ms, the default), each with B's duplicate and then without it.
+//! The latency of the first chunk (which includes asking for the stream)
+//! is also given apart. Redis commands per answer are `INFO commandstats`
 //! over the run divided by the answers: those of the stream (the leader's
 //! `XADD` and `PEXPIRE`, its `PUBLISH` that the stream started, the
-//! follower's `XRANGE`/`XREVRANGE` for the head and the reader's `XREAD`
-//! and lease checks), and the look-ups and the store (`EVALSHA`) of both
+//! follower's `XRANGE`/`XREVRANGE` for the head, its `PUBLISH` asking for
+//! the stream, and the reader's `XREAD` and lease checks), and the
+//! look-ups and the store (`EVALSHA`) of both
 //! instances. Background commands that depend on time, not on answers
 //! (counter flushes, subscription pings), are left out.
 //!
@@ -92,7 +96,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, gap: Duration) {
+async fn run(
+    server: &RedisServer,
+    batch: Duration,
+    follow: bool,
+    answers: u64,
+    chunks: u64,
+    gap: Duration,
+) {
     let connect = || async {
         let redis = RedisStore::builder(server.url())
             .streams(true)
@@ -122,10 +133,13 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.cli(&["CONFIG", "RESETSTAT"]);
     let mut latencies = Vec::new();
+    let mut firsts = Vec::new();
     for answer in 0..answers {
         let (feed, body) = mpsc::unbounded_channel();
         *next.lock().unwrap() = Some(ChannelBody(body));
-        let prompt = Bytes::from(format!("{{\"prompt\":\"answer {answer} at {batch:?}\"}}"));
+        let prompt = Bytes::from(format!(
+            "{{\"prompt\":\"answer {answer} at {batch:?}, {follow}\"}}"
+        ));
         let request = || {
             Request::post("/v1/chat")
                 .body(Full::new(prompt.clone()))
@@ -134,6 +148,15 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
         let leader = service_a.clone().oneshot(request()).await.unwrap();
         let mut sent = vec![Instant::now()];
         feed.send(Bytes::from("data: 0;\n\n")).unwrap();
+        if !follow {
+            for i in 1..chunks {
+                tokio::time::sleep(gap).await;
+                feed.send(Bytes::from(format!("data: {i};\n\n"))).unwrap();
+            }
+            drop(feed);
+            leader.into_body().collect().await.unwrap();
+            continue;
+        }
         let follower = service_b.clone().oneshot(request()).await.unwrap();
         assert!(follower.headers()["cache-status"]
             .to_str()
@@ -170,11 +193,13 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
         assert_eq!(whole, led, "byte-identical");
         assert_eq!(received.len() as u64, chunks);
         latencies.extend(received.iter().map(|(n, at)| at.duration_since(sent[*n])));
+        firsts.extend(received.first().map(|(n, at)| at.duration_since(sent[*n])));
     }
     // Let the last store and stream end land.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counts = commands(server);
     latencies.sort();
+    firsts.sort();
     let per_answer = |names: &[&str]| -> f64 {
         names
             .iter()
@@ -199,8 +224,22 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
         "exists",
     ];
     const ENTRY: &[&str] = &["evalsha", "eval"];
+    if !follow {
+        println!(
+            "stream_batch {:>2} ms, a chunk every {} ms, no remote follower: \
+             redis commands per answer: stream {:.1} ({}), look-ups and store {:.1} ({})",
+            batch.as_millis(),
+            gap.as_millis(),
+            per_answer(STREAM),
+            detail(STREAM),
+            per_answer(ENTRY),
+            detail(ENTRY),
+        );
+        return;
+    }
     println!(
         "stream_batch {:>2} ms, a chunk every {} ms: chunk latency A upstream -> B caller p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} chunks; \
+         first chunk p50 {:.2} ms, p99 {:.2} ms; \
          redis commands per answer: stream {:.1} ({}), look-ups and store {:.1} ({})",
         batch.as_millis(),
         gap.as_millis(),
@@ -208,6 +247,8 @@ async fn run(server: &RedisServer, batch: Duration, answers: u64, chunks: u64, g
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
         latencies.len(),
+        percentile(&firsts, 0.5).as_secs_f64() * 1e3,
+        percentile(&firsts, 0.99).as_secs_f64() * 1e3,
         per_answer(STREAM),
         detail(STREAM),
         per_answer(ENTRY),
@@ -227,7 +268,9 @@ fn main() {
     let server = RedisServer::start();
     runtime.block_on(async {
         for batch in [Duration::ZERO, Duration::from_millis(10)] {
-            run(&server, batch, answers, chunks, gap).await;
+            for follow in [true, false] {
+                run(&server, batch, follow, answers, chunks, gap).await;
+            }
         }
     });
 }

@@ -155,7 +155,7 @@
 //! | `flight/` | single flight in one process: the map (`mod.rs`), one flight (`state.rs`), its `leader.rs`, each `reader.rs`, who drives the recording (`drive.rs`), the recording `budget.rs` |
 //! | `record/` | the stored response (`mod.rs`), its binary form (`codec.rs`), its `Vary` (`vary.rs`) |
 //! | `store/` | L1 (`memory.rs`, moka), the engine's view of the L2 (`l2.rs`), invalidations to L1 (`invalidation.rs`), `redis/` and `sqlite/` |
-//! | `store/redis/` | one file per concern: `store.rs`, `builder.rs`, `lookup.rs`, `lease.rs`, `waiters.rs`, `pubsub.rs`, `counters.rs`, `admin.rs`, `cluster.rs`, `scripts.rs`, `breaker.rs`; `stream/` streams a leader's answer live to waiters on other instances (opt-in) |
+//! | `store/redis/` | one file per concern: `store.rs`, `builder.rs`, `lookup.rs`, `lease.rs`, `waiters.rs`, `pubsub.rs`, `counters.rs`, `admin.rs`, `cluster.rs`, `scripts.rs`, `breaker.rs`; `stream/` streams a leader's answer live to waiters on other instances, once one asks |
 //! | `stats.rs`, `telemetry.rs` | [`Stats`] and the `metrics` facade |
 //! | `error.rs`, `cache_status.rs`, `idempotency_key.rs` | the layer's own failures ([`Error`]), the RFC 9211 member, the `Idempotency-Key` header and RFC 9457 problems |
 

@@ -468,3 +468,431 @@ async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
     assert_eq!(body, "data: 1\n\ndata: 2\n\n");
     assert_eq!(calls.get(), 1);
 }
+
+// Lazy streams: nothing reaches Redis until a waiter elsewhere asks.
+
+/// The name of the stream of the test's request's key.
+async fn stream_of(layer: &IdempotencyLayer, body: &'static str) -> String {
+    let key = crate::key_of(layer, &post("/v1/chat", body)).await;
+    format!("{}:stream", crate::entry_name("", &key))
+}
+
+/// The namespace tag and key of the test's request, as a want names them.
+async fn want_for(layer: &IdempotencyLayer) -> String {
+    let key = crate::key_of(layer, &post("/v1/chat", "stream me")).await;
+    let entry = crate::entry_name("", &key);
+    let tag = entry.split(':').nth(1).unwrap();
+    format!("w:{tag}:{key}")
+}
+
+/// The fields of a stream's entries, in order (`h`, `c`, `e`, `f`).
+fn stream_fields(server: &RedisServer, stream: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| String::from_utf8_lossy(&fields[0]).into_owned())
+        .collect()
+}
+
+fn exists(server: &RedisServer, key: &str) -> bool {
+    server.cli(&["EXISTS", key]).trim() != "0"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_remote_follower_a_streamed_answer_writes_no_stream() {
+    let server = RedisServer::start();
+    // Streams are on by default: the builder is not asked for them.
+    let a = instance(crate::store(&server.url())).await;
+    let b = instance(crate::store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner.clone());
+    let stream = stream_of(&a, "stream me").await;
+    let leader = open(&service_a).await;
+    // A duplicate on the same instance shares the flight, not Redis.
+    let local = open(&service_a).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let chunk = format!("data: {{\"token\":\"{i}\"}}\n\n");
+        feed.data(chunk.clone());
+        sent.extend_from_slice(chunk.as_bytes());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!exists(&server, &stream), "a stream nobody asked for");
+    }
+    drop(feed);
+    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    let (shared, _) = rest(local.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(led, sent);
+    assert_eq!(shared, sent);
+    assert_eq!(calls.get(), 1);
+
+    // Stored as ever (a moment after the last byte): the other instance
+    // gets it from Redis.
+    let entry = stream.trim_end_matches(":stream").to_owned();
+    until("the answer is stored", || exists(&server, &entry)).await;
+    let again = fetch(&b.layer(inner), post("/v1/chat", "stream me")).await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(again.body, sent);
+    let commands = command_calls(&server);
+    for command in ["xadd", "xread", "xrange"] {
+        assert_eq!(commands.get(command), None, "{command}: {commands:?}");
+    }
+    assert!(!exists(&server, &stream));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_follower_arriving_mid_stream_gets_the_prefix_at_once_then_the_rest_live() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = open(&service_a).await;
+    let mut prefix = Vec::new();
+    for i in 0..5 {
+        let chunk = format!("data: {{\"token\":\"{i}\"}}\n\n");
+        feed.data(chunk.clone());
+        prefix.extend_from_slice(chunk.as_bytes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!exists(&server, &stream), "written before anyone asked");
+
+    // B asks; A appends its head and everything so far at once.
+    let follower = open(&service_b).await;
+    assert_eq!(
+        follower.headers()["cache-status"],
+        "tower-idempotency; fwd=uri-miss; collapsed"
+    );
+    let mut follower_body = follower.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .expect("the prefix arrives while the leader streams")
+        .expect("a first chunk");
+    let first_at = Instant::now();
+    assert_eq!(first, prefix, "the prefix, in one entry");
+    assert_eq!(stream_fields(&server, &stream), ["h", "c"]);
+
+    let generation = tokio::spawn(async move {
+        for i in 5..15 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            feed.data(format!("data: {{\"token\":\"{i}\"}}\n\n"));
+        }
+        let last_at = Instant::now();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-usage", http::HeaderValue::from_static("42"));
+        feed.trailers(trailers);
+        last_at
+    });
+    let (led, followed) = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(follower_body, first.to_vec())
+    );
+    let last_at = generation.await.unwrap();
+    let (led, led_trailers) = led.expect("the leader's body completes");
+    let (followed, trailers) = followed.expect("the follower's body completes");
+    assert!(
+        first_at + Duration::from_millis(500) < last_at,
+        "the first chunk arrived {:?} before the leader's last: buffered, not live",
+        last_at.saturating_duration_since(first_at)
+    );
+    assert_eq!(followed, led, "byte-identical");
+    assert_eq!(trailers, led_trailers);
+    assert!(trailers.is_some());
+    assert_eq!(calls.get(), 1);
+    assert_eq!(b.stats().coalesced, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_remote_followers_and_a_local_one_share_one_stream() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let c = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner.clone());
+    let (service_b, service_c) = (b.layer(inner.clone()), c.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = open(&service_a).await;
+    feed.data("data: 0\n\n");
+    let local = open(&service_a).await;
+    // Both remote duplicates at once: both may ask, one stream starts.
+    let (at_b, at_c) = tokio::join!(open(&service_b), open(&service_c));
+    for response in [&at_b, &at_c] {
+        assert_eq!(
+            response.headers()["cache-status"],
+            "tower-idempotency; fwd=uri-miss; collapsed"
+        );
+    }
+    // A want for a stream already started changes nothing.
+    server.cli(&["PUBLISH", "tidem:events", &want_for(&a).await]);
+    let feeding = tokio::spawn(async move {
+        for i in 1..8 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            feed.data(format!("data: {i}\n\n"));
+        }
+    });
+    let bodies = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(local.into_body(), Vec::new()),
+        rest(at_b.into_body(), Vec::new()),
+        rest(at_c.into_body(), Vec::new()),
+    );
+    feeding.await.unwrap();
+    let (led, _) = bodies.0.unwrap();
+    let expected: String = (0..8).map(|i| format!("data: {i}\n\n")).collect();
+    assert_eq!(led, expected);
+    for (who, body) in [("local", bodies.1), ("b", bodies.2), ("c", bodies.3)] {
+        assert_eq!(body.unwrap().0, led, "{who}: byte-identical");
+    }
+    // One stream: its head appended once, then chunks, then one end.
+    let fields = stream_fields(&server, &stream);
+    assert_eq!(fields.iter().filter(|f| *f == "h").count(), 1, "{fields:?}");
+    assert_eq!(fields.first().map(String::as_str), Some("h"), "{fields:?}");
+    assert_eq!(fields.last().map(String::as_str), Some("e"), "{fields:?}");
+    assert!(
+        fields[1..fields.len() - 1].iter().all(|f| f == "c"),
+        "{fields:?}"
+    );
+    assert_eq!(calls.get(), 1);
+    assert_eq!(b.stats().coalesced + c.stats().coalesced, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wants_for_keys_not_led_here_and_garbage_on_the_events_channel_write_nothing() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner);
+    let stream = stream_of(&a, "stream me").await;
+    let want = want_for(&a).await;
+    let (tag, key) = want[2..].split_once(':').unwrap();
+    let leader = open(&service_a).await;
+    feed.data("data: 0\n\n");
+
+    let other_key = "07".repeat(32);
+    let long = format!("w:{tag}:{}", "f".repeat(100_000));
+    let garbage = [
+        format!("w:{tag}:{other_key}"),
+        format!("w:0000000000000000:{key}"),
+        format!("w:{}:{key}", tag.to_uppercase()),
+        format!("w:{tag}{tag}:{key}"),
+        format!("w:{key}"),
+        format!("w:{tag}:{key}:more"),
+        format!("W:{tag}:{key}"),
+        "w:".to_owned(),
+        "w".to_owned(),
+        String::new(),
+        long,
+        "\u{fffd}w:".to_owned(),
+    ];
+    for message in &garbage {
+        server.cli(&["PUBLISH", "tidem:events", message]);
+    }
+    // A round trip on the events channel: the leader has read them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    feed.data("data: 1\n\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let streams = server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
+    assert!(
+        streams.is_empty(),
+        "written for a want it should ignore: {streams}"
+    );
+    assert_eq!(command_calls(&server).get("xadd"), None);
+
+    // The control: a want for the key it leads starts that stream, and no
+    // other.
+    server.cli(&["PUBLISH", "tidem:events", &want]);
+    until("the stream holds the head and the chunks so far", || {
+        exists(&server, &stream) && stream_fields(&server, &stream) == ["h", "c"]
+    })
+    .await;
+    let streams = server.cli(&["--scan", "--pattern", "tidem:*"]);
+    let streams: Vec<&str> = streams.lines().filter(|k| k.ends_with(":stream")).collect();
+    assert_eq!(streams, [stream.as_str()]);
+    drop(feed);
+    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(led, "data: 0\n\ndata: 1\n\n");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
+    const ROUNDS: usize = 200;
+    const CHUNKS: usize = 8;
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    // Each round's leader gets the body the round feeds; any other call
+    // answers something else, which no follower may receive.
+    let next: Arc<Mutex<Option<ChannelBody>>> = Arc::default();
+    let (inner, calls) = upstream({
+        let next = Arc::clone(&next);
+        move |seen: Seen| {
+            let body = next.lock().unwrap().take();
+            async move {
+                match body {
+                    Some(body) => {
+                        let mut response = Response::new(body.boxed());
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("text/event-stream"),
+                        );
+                        response
+                    }
+                    None => respond(200, format!("unexpected call #{}", seen.call)),
+                }
+            }
+        }
+    });
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut roll = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut followed_live = 0;
+    for round in 0..ROUNDS {
+        let (feed, body) = channel_body();
+        *next.lock().unwrap() = Some(body);
+        let prompt = Bytes::from(format!("round {round}"));
+        let request = || {
+            http::Request::post("/v1/chat")
+                .body(http_body_util::Full::new(prompt.clone()))
+                .unwrap()
+        };
+        let leader = timeout(PATIENCE, service_a.clone().oneshot(request()))
+            .await
+            .expect("the leader's head")
+            .unwrap();
+        let join_at = roll(CHUNKS + 1);
+        let mut follower = None;
+        let mut expected = Vec::new();
+        for i in 0..CHUNKS {
+            if i == join_at {
+                let (service, request) = (service_b.clone(), request());
+                follower = Some(tokio::spawn(async move {
+                    timeout(PATIENCE, fetch(&service, request)).await
+                }));
+            }
+            let chunk = format!("data: {round}.{i}\n\n");
+            feed.data(chunk.clone());
+            expected.extend_from_slice(chunk.as_bytes());
+            match roll(3) {
+                0 => tokio::task::yield_now().await,
+                1 => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let follower = follower.unwrap_or_else(|| {
+            let (service, request) = (service_b.clone(), request());
+            tokio::spawn(async move { timeout(PATIENCE, fetch(&service, request)).await })
+        });
+        drop(feed);
+        let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+        let followed = follower
+            .await
+            .unwrap()
+            .expect("the follower's answer in time");
+        assert_eq!(led, expected, "round {round}: the leader");
+        assert_eq!(
+            followed.body, expected,
+            "round {round}: joined at {join_at}"
+        );
+        assert_eq!(calls.get(), round + 1, "round {round}: one upstream call");
+        if followed.cache_status().contains("collapsed") {
+            followed_live += 1;
+        }
+    }
+    // Not every round ends before the follower joins: some followed live.
+    println!("{followed_live} of {ROUNDS} rounds followed the stream live");
+    assert!(followed_live > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    // The leader's upstream answers only once the gate opens: the waiter
+    // on B finds the lease held, asks, and nothing can start yet.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (feed, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let (inner, calls) = upstream({
+        let gate = Arc::clone(&gate);
+        move |seen: Seen| {
+            let (gate, body) = (Arc::clone(&gate), body.lock().unwrap().take());
+            async move {
+                match body {
+                    Some(body) => {
+                        gate.notified().await;
+                        let mut response = Response::new(body.boxed());
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("text/event-stream"),
+                        );
+                        response
+                    }
+                    None => respond(200, format!("fresh #{}", seen.call)),
+                }
+            }
+        }
+    });
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = tokio::spawn({
+        let service_a = service_a.clone();
+        async move { open(&service_a).await }
+    });
+    until("the leader holds the lease", || {
+        !server
+            .cli(&["--scan", "--pattern", "tidem:*:lease"])
+            .is_empty()
+    })
+    .await;
+    let follower = tokio::spawn(async move { open(&service_b).await });
+    // B has asked by now (its first look is a few round trips).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!exists(&server, &stream));
+
+    gate.notify_one();
+    feed.data("data: 0\n\n");
+    let opened = Instant::now();
+    let follower = follower.await.unwrap();
+    let mut follower_body = follower.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    // Kept, not asked again: B waits 5 s between looks without a message.
+    assert!(
+        opened.elapsed() < Duration::from_millis(2500),
+        "the want was lost: the stream started {:?} after the head",
+        opened.elapsed()
+    );
+    assert_eq!(first, "data: 0\n\n");
+    feed.data("data: 1\n\n");
+    drop(feed);
+    let (led, _) = rest(leader.await.unwrap().into_body(), Vec::new())
+        .await
+        .unwrap();
+    let (followed, _) = rest(follower_body, first.to_vec()).await.unwrap();
+    assert_eq!(led, "data: 0\n\ndata: 1\n\n");
+    assert_eq!(followed, led);
+    assert_eq!(calls.get(), 1);
+}

@@ -17,7 +17,7 @@ use super::{
     keys::instance_id,
     pubsub,
     store::{Inner, RedisStore},
-    stream,
+    stream::{self, Leading},
 };
 use crate::store::invalidation;
 
@@ -48,7 +48,7 @@ impl Default for Settings {
             flush_interval: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(2),
-            streams: false,
+            streams: true,
             stream_batch: Duration::from_millis(10),
             stream_ttl: Duration::from_secs(60),
         }
@@ -170,7 +170,15 @@ impl RedisStoreBuilder {
 
     /// Whether a leader streams its answer to waiters on other instances
     /// as it arrives (a Redis Stream per key), rather than have them wait
-    /// for the stored entry. Default: off.
+    /// for the stored entry. Default: on.
+    ///
+    /// The cost: nothing until a duplicate on another instance waits for
+    /// the answer. The leader keeps its chunks (refcounted, within the
+    /// response limit) and writes no stream; the first waiter elsewhere
+    /// asks for it (one `PUBLISH` per key and instance, at most once a
+    /// second), and then the leader appends its head and the body so far,
+    /// and one `XADD` per batch ([`stream_batch`](Self::stream_batch)) from
+    /// then on, whatever the number of followers.
     ///
     /// The trade-off: a waiter elsewhere gets the first bytes as soon as
     /// the leader does, but once it has forwarded the head it can no longer
@@ -265,6 +273,7 @@ impl RedisStoreBuilder {
             breakers,
             waiters: Arc::default(),
             readers: Arc::default(),
+            leading: Leading::default(),
             invalidations: broadcast::channel(invalidation::CAPACITY).0,
             runtime: Handle::current(),
             pending: Pending::default(),

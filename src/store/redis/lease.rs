@@ -36,6 +36,11 @@ pub(crate) struct Lease {
 
 impl Lease {
     pub(super) fn new(inner: &Arc<Inner>, names: &Names, key: Key, token: String) -> Self {
+        // Known before the claim is sent: a want that arrives as soon as
+        // another instance finds the lease held is kept for the writer.
+        if inner.settings.streams {
+            inner.leading.register(&names.lease, &token);
+        }
         Self {
             token,
             key,
@@ -61,13 +66,15 @@ impl fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return; // the store is gone: the lease runs out on its own
+        };
+        inner.leading.forget(&self.name, &self.token);
         if self.released.load(Relaxed) {
             return;
         }
-        let (Some(inner), Ok(runtime)) =
-            (self.inner.upgrade(), tokio::runtime::Handle::try_current())
-        else {
-            return; // the store is gone: the lease runs out on its own
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
         };
         let (name, token, key) = (
             std::mem::take(&mut self.name),

@@ -4,7 +4,9 @@
 //! anywhere into [`Invalidation`]s for the L1 caches on this store.
 //!
 //! Analytics reads also ask every instance to flush its counters here, and
-//! are answered here ([`Event::Flush`], [`Event::Flushed`]).
+//! are answered here ([`Event::Flush`], [`Event::Flushed`]). Waiters ask
+//! here for the stream of an answer another instance records
+//! ([`Event::Want`]).
 //!
 //! A classic `PUBLISH` reaches every node of a cluster, so the subscription
 //! may go through any node: it uses the first node that answers (the seeds
@@ -46,6 +48,11 @@ pub(super) enum Event {
     Flush(String),
     /// An instance flushed at this request.
     Flushed(String),
+    /// A waiter wants the stream of the answer to this key of this
+    /// namespace (its tag): the instance holding the key's lease starts it.
+    /// Anyone on the channel can send one: it only ever starts the stream
+    /// of a key its receiver leads, and at most once.
+    Want(String, Key),
 }
 
 impl Event {
@@ -58,6 +65,7 @@ impl Event {
             Self::PurgedNamespace => "n".to_owned(),
             Self::Flush(request) => format!("f:{request}"),
             Self::Flushed(request) => format!("a:{request}"),
+            Self::Want(ns, key) => format!("w:{ns}:{key}"),
         }
     }
 
@@ -73,6 +81,18 @@ impl Event {
             }
             Some(("f", request)) if !request.is_empty() => Some(Self::Flush(request.to_owned())),
             Some(("a", request)) if !request.is_empty() => Some(Self::Flushed(request.to_owned())),
+            Some(("w", rest)) => {
+                let (ns, hex) = rest.split_once(':')?;
+                // A namespace's tag: 16 lowercase hex digits (`ns_tag`).
+                let tag = ns.len() == 16
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !tag {
+                    return None;
+                }
+                Key::from_hex(hex).map(|key| Self::Want(ns.to_owned(), key))
+            }
             None if text == "n" => Some(Self::PurgedNamespace),
             _ => None,
         }
@@ -232,6 +252,14 @@ impl Inner {
                     .spawn(flush_on_request(Arc::clone(self), request));
             }
             Event::Flushed(request) => self.answer(&request),
+            Event::Want(ns, key) => {
+                // Only a lease this store holds: its writer starts the
+                // stream, once. Anything else is dropped here.
+                let lease = self.names(&ns, &key).lease;
+                if !self.leading.want(&lease) {
+                    tracing::trace!(%key, "ignoring a want for a key not led here");
+                }
+            }
         }
     }
 }
@@ -251,6 +279,7 @@ mod tests {
             Event::PurgedNamespace,
             Event::Flush("a1b2c3-7".to_owned()),
             Event::Flushed("a1b2c3-7".to_owned()),
+            Event::Want("0123456789abcdef".to_owned(), key),
         ] {
             assert_eq!(Event::decode(event.encode().as_bytes()), Some(event));
         }
@@ -264,6 +293,16 @@ mod tests {
             b"r:00",
             b"f:",
             b"a:",
+            b"w:",
+            b"w:0123456789abcdef",
+            b"w:0123456789abcdef:",
+            b"w:0123456789abcdef:zz",
+            b"w::0707070707070707070707070707070707070707070707070707070707070707",
+            b"w:0123456789ABCDEF:0707070707070707070707070707070707070707070707070707070707070707",
+            b"w:0123456789abcde:0707070707070707070707070707070707070707070707070707070707070707",
+            b"w:0123456789abcdef0:0707070707070707070707070707070707070707070707070707070707070707",
+            b"w:{x}:0707070707070707070707070707070707070707070707070707070707070707",
+            b"w:0123456789abcdef:0707070707070707070707070707070707070707070707070707070707070707:x",
         ] {
             assert_eq!(Event::decode(garbage), None);
         }

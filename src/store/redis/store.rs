@@ -11,7 +11,11 @@ use std::{
 use tokio::{runtime::Handle, sync::broadcast, task::JoinHandle};
 
 use super::{
-    breaker::Breakers, builder::Settings, connection::Conn, counters::Pending, stream::Readers,
+    breaker::Breakers,
+    builder::Settings,
+    connection::Conn,
+    counters::Pending,
+    stream::{Leading, Readers},
     waiters::Waiters,
 };
 use crate::store::invalidation::Invalidation;
@@ -42,12 +46,12 @@ use crate::store::invalidation::Invalidation;
 /// |---|---|---|
 /// | `tidem:<ns>:{<key>}` | hash | `r` the record, `hits`, `last_hit_at`, `created_at` (ms); expires with the entry |
 /// | `tidem:<ns>:{<key>}:lease` | string | the token of the instance calling upstream for this key |
-/// | `tidem:<ns>:{<key>}:stream` | stream | the answer being recorded, for waiters elsewhere to follow live; expires shortly after its end |
+/// | `tidem:<ns>:{<key>}:stream` | stream | the answer being recorded, for waiters elsewhere to follow live, written only once one asks; expires shortly after its end |
 /// | `tidem:stats` | hash | fleet counters: `hits_l1`, `hits_l2`, `misses`, `coalesced`, `upstream_calls`, `stored`; expires 30 days after the last flush |
 /// | `tidem:<ns>:{<key>}:buckets` | string | how many requests asked for this key's sample buckets; expires with the entries |
 /// | `tidem:{tenants}` | sorted set | tenant ids by requests, the heaviest 1,000 kept; expires 30 days after the last flush |
 /// | `tidem:{tenants}:<id>` | hash | one tenant's `requests`, `upstream_calls`, `calls_saved`, `tokens_saved`, `micro_dollars_saved`; expires likewise |
-/// | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere) |
+/// | `tidem:events` | channel | completions (wake waiters), answers not stored (waiters go through), refreshes and purges (evict L1 everywhere), asks for a key's stream |
 ///
 /// `<ns>` is 16 hex digits of the SHA-256 of the namespace, `<key>` the
 /// request's [`Key`](crate::key::Key) in hex. Every key expires: an entry with its
@@ -104,6 +108,9 @@ pub(super) struct Inner {
     pub(super) waiters: Arc<Waiters>,
     /// The remote streams local waiters follow, read by one task.
     pub(super) readers: Arc<Readers>,
+    /// The leases this store holds, which another instance's want may
+    /// start a stream for.
+    pub(super) leading: Leading,
     /// Purges and refreshes made anywhere, for the L1 caches of the layers
     /// on this store. Each engine holds its own receiver: no L1 is kept
     /// alive here.

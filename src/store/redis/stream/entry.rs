@@ -16,6 +16,9 @@ pub(super) const FAILED: &str = "f";
 /// The second field of every entry: the lease token of the leader that
 /// wrote it.
 pub(super) const WRITER: &str = "w";
+/// The reason of a failed end when the answer grew past the response
+/// limit: the leader's caller got it whole, it is just not shared.
+pub(super) const TOO_LARGE: &[u8] = b"too large";
 
 /// What a follower receives after the head.
 #[derive(Debug)]
@@ -68,6 +71,9 @@ impl Raw {
                 Ok(carrier) => StreamEntry::End(carrier.trailers),
                 Err(_) => StreamEntry::Failed("the stream's end did not decode"),
             }),
+            f if f == FAILED.as_bytes() && self.value == TOO_LARGE => Some(StreamEntry::Failed(
+                "the answer grew past the response limit",
+            )),
             f if f == FAILED.as_bytes() => Some(StreamEntry::Failed("the leader's body failed")),
             f if f == HEAD.as_bytes() => None,
             _ => Some(StreamEntry::Failed("an unknown entry in the stream")),
@@ -192,11 +198,21 @@ mod tests {
                 bulk(b"1-3"),
                 Value::Array(vec![bulk(b"zz"), bulk(b"")]),
             ]),
-            Value::Array(vec![bulk(b"1-4")]),
+            Value::Array(vec![
+                bulk(b"1-4"),
+                Value::Array(vec![bulk(b"f"), bulk(TOO_LARGE)]),
+            ]),
+            Value::Array(vec![
+                bulk(b"1-5"),
+                Value::Array(vec![bulk(b"f"), bulk(b"gone")]),
+            ]),
+            Value::Array(vec![bulk(b"1-6")]),
             Value::Int(7),
         ]);
         let raw = entries(&reply);
-        assert_eq!(raw.len(), 4, "the malformed ones are dropped");
+        assert_eq!(raw.len(), 6, "the malformed ones are dropped");
+        assert!(matches!(raw[4].entry(), Some(StreamEntry::Failed(why)) if why.contains("limit")));
+        assert!(matches!(raw[5].entry(), Some(StreamEntry::Failed(why)) if why.contains("leader")));
         assert!(matches!(raw[0].entry(), Some(StreamEntry::Chunk(b)) if b == "data: 1\n\n"));
         assert!(matches!(raw[1].entry(), Some(StreamEntry::End(Some(t))) if t == trailers));
         assert!(matches!(raw[2].entry(), Some(StreamEntry::Failed(_))));

@@ -10,7 +10,16 @@
 //! | `h` | the head: status, version, shareable headers and metadata (the `Vary` digest, the `Idempotency-Key` fingerprint), in the record's binary form with an empty body |
 //! | `c` | body bytes: the chunks that arrived within one batch, concatenated |
 //! | `e` | the end of a complete body: its trailers, in the record's binary form |
-//! | `f` | the end of a failed body (upstream error, idle, too large): a reason |
+//! | `f` | the end of a failed body (upstream error, idle, too large): a reason; `too large` is the leader's caller served whole, only not shared, not the leader's failure |
+//!
+//! A leader writes nothing at first: its writer keeps the head and the
+//! chunks (refcounted, within the response limit) until some instance asks
+//! for the stream. A waiter that finds the lease held and no stream asks,
+//! with a `Want` on the events channel naming the key (at most once a
+//! second per key and store); the instance holding the lease then appends
+//! the head, what it kept (in entries of at most 64 KiB), and from then on
+//! its batches as they come, and wakes the waiters, which follow. An answer
+//! nobody on another instance waits for costs Redis nothing more.
 //!
 //! Every entry also carries `w`: the lease token of the leader that wrote
 //! it. A leader starts its stream afresh (`DEL`, then its head); should its
@@ -18,7 +27,7 @@
 //! the lease), followers skip the entries that are not their leader's, and
 //! fail when they find the lease held by another.
 //!
-//! Off by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
+//! On by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
 //!
 //! A stream is only written for an answer that may be shared and stored:
 //! a `private` or oversized answer never reaches Redis, and its waiters are
@@ -33,14 +42,17 @@
 //! | `entry.rs` | the entries: encoding, and decoding defensively |
 //! | `writer.rs` | the leader's side: a task per streamed answer, batching appends |
 //! | `reader.rs` | the followers' side: one reader per store for every followed stream |
+//! | `want.rs` | asking for a stream, and the leases a want may start one for |
 
 mod entry;
 mod reader;
+mod want;
 mod writer;
 
 pub(crate) use self::{
     entry::StreamEntry,
     reader::{Follow, Readers},
+    want::Leading,
     writer::StreamWriter,
 };
 

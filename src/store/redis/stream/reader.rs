@@ -1,16 +1,20 @@
 //! The followers' side: a waiter that finds the lease held by a leader
-//! that streams registers a [`Follow`]; one task per store reads every
+//! that streams registers a [`Follow`] (one that finds no stream asks for
+//! it, see `want.rs`); one task per store reads every
 //! followed stream through one blocking connection (`XREAD BLOCK` over all
 //! of them at once on a single node) and hands each follower its entries.
 //!
 //! A follower's stream fails, and never passes for complete, when Redis
 //! fails or stops answering, when the stream disappears, or when the lease
 //! is gone without an end in the stream (the leader's process died, or it
-//! lost Redis).
+//! lost Redis). The last is told apart when this store has seen Redis fail
+//! within a lease's time: then the lease may have gone with Redis (a pause
+//! past it, a restart) while the leader lives, and the failure is Redis's,
+//! not the leader's.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, MutexGuard, PoisonError, Weak},
     time::{Duration, Instant},
 };
 
@@ -18,12 +22,16 @@ use bytes::Bytes;
 use redis::{aio::MultiplexedConnection, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::entry::{self, StreamEntry};
+use super::{
+    entry::{self, StreamEntry},
+    want::Asks,
+};
 use crate::{
     key::Key,
     record::Record,
     store::redis::{
         connection::Conn,
+        pubsub::Event,
         store::{Inner, RedisStore},
     },
 };
@@ -42,6 +50,18 @@ const QUIET: Duration = Duration::from_millis(250);
 pub(crate) struct Readers {
     followed: Mutex<HashMap<String, Followed>>,
     changed: Notify,
+    /// When this store last asked for each stream.
+    asks: Asks,
+    /// When this store last saw Redis fail.
+    trouble: Mutex<Trouble>,
+}
+
+/// The store's failed and skipped operations last counted, and when they
+/// last grew (or a read of the streams failed).
+#[derive(Default)]
+struct Trouble {
+    counted: u64,
+    at: Option<Instant>,
 }
 
 struct Followed {
@@ -60,6 +80,28 @@ struct Followed {
 impl Readers {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Followed>> {
         self.followed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Redis failed for this store now.
+    fn troubled(&self) {
+        self.trouble
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .at = Some(Instant::now());
+    }
+
+    /// Whether this store saw Redis fail within `window`, counting its
+    /// failed and skipped operations so far, `counted`.
+    fn troubled_within(&self, counted: u64, window: Duration) -> bool {
+        let mut trouble = self.trouble.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if counted != trouble.counted {
+            trouble.counted = counted;
+            trouble.at = Some(now);
+        }
+        trouble
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// Fails every stream followed (Redis failed), and forgets them.
@@ -104,7 +146,9 @@ impl Drop for Registration {
 impl RedisStore {
     /// Follows `key`'s stream if the leader holding its lease streams an
     /// answer that has not failed; `None` (wait as before) otherwise, or
-    /// when this store already follows it.
+    /// when this store already follows it. A leader that does not stream
+    /// yet is asked to (at most once a second per key and store): the
+    /// waiter is woken when its stream starts.
     pub(crate) async fn follow(&self, ns: &str, key: &Key) -> Option<Follow> {
         let inner = &self.inner;
         if !inner.settings.streams {
@@ -142,10 +186,18 @@ impl RedisStore {
         // The head must be the lease holder's: a stream left by a leader
         // that lost its lease is not followed.
         let writer = Bytes::from(holder?);
-        let first = entry::entries(&first).into_iter().next()?;
-        if !first.written_by(&writer) {
+        let first = entry::entries(&first)
+            .into_iter()
+            .next()
+            .filter(|first| first.written_by(&writer));
+        let Some(first) = first else {
+            // The leader keeps its answer to itself until someone asks.
+            if inner.readers.asks.may_ask(&name, Instant::now()) {
+                let want = Event::Want(ns.to_owned(), *key);
+                let _ = inner.publish(want, Some(&name)).await;
+            }
             return None;
-        }
+        };
         let failed = entry::entries(&last)
             .first()
             .is_some_and(|last| last.written_by(&writer) && last.is_failure());
@@ -215,6 +267,7 @@ pub(in crate::store::redis) async fn read_streams(
                     match tokio::time::timeout(store.settings.connect_timeout, connect).await {
                         Ok(Ok(conn)) => blocking = Some(conn),
                         _ => {
+                            readers.troubled();
                             readers.fail_all("redis is unreachable");
                             drop(store);
                             tokio::time::sleep(backoff).await;
@@ -270,6 +323,7 @@ pub(in crate::store::redis) async fn read_streams(
             // Redis failed or stopped answering mid-stream: nobody's body
             // may pass for complete.
             blocking = None;
+            readers.troubled();
             readers.fail_all("redis failed while following the stream");
             drop(store);
             tokio::time::sleep(backoff).await;
@@ -277,6 +331,9 @@ pub(in crate::store::redis) async fn read_streams(
             continue;
         };
         backoff = Duration::from_millis(50);
+        if !failed.is_empty() {
+            readers.troubled();
+        }
         readers.fail(&failed, "redis failed while following the stream");
         let got_any = !found.is_empty();
         deliver(&readers, found);
@@ -322,6 +379,9 @@ fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
 /// still there? A lease gone without an end read since fails the stream.
 async fn check_leases(store: &Inner, readers: &Readers) {
     let now = Instant::now();
+    let counted = store.errors.load(Relaxed) + store.skipped.load(Relaxed);
+    // Redis failed here lately: a lease gone may have gone with it.
+    let troubled = readers.troubled_within(counted, store.settings.lease);
     let quiet: Vec<(String, String, Bytes)> = readers
         .map()
         .iter()
@@ -358,9 +418,12 @@ async fn check_leases(store: &Inner, readers: &Readers) {
             // The leader is gone (or lost its lease), and the read since
             // found no end.
             Ok(_) if followed.orphaned => {
-                let _ = followed
-                    .entries
-                    .send(StreamEntry::Failed("the leader went away mid-stream"));
+                let why = if troubled {
+                    "the lease went while redis was failing"
+                } else {
+                    "the leader went away mid-stream"
+                };
+                let _ = followed.entries.send(StreamEntry::Failed(why));
                 map.remove(&name);
             }
             Ok(_) => followed.orphaned = true,

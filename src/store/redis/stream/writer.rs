@@ -1,6 +1,8 @@
 //! The leader's side: while it records a shareable answer, a task of its
-//! own appends the head, then the body in batches, then the end, to the
-//! key's stream. A batch gathers the chunks that arrive within
+//! own keeps the head and the chunks, and writes nothing until another
+//! instance asks for the stream (see `want.rs`). Then it appends the head,
+//! the chunks kept so far, and from then on the body in batches, then the
+//! end, to the key's stream. A batch gathers the chunks that arrive within
 //! [`stream_batch`](crate::store::redis::RedisStoreBuilder::stream_batch)
 //! of its first one (or 64 KiB), so a token stream costs one append per
 //! batch, not one per token.
@@ -10,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Notify},
     time::{timeout_at, Instant},
 };
 
@@ -65,9 +67,10 @@ impl StreamWriter {
 }
 
 impl RedisStore {
-    /// Starts streaming an answer whose head is `head` (a record without a
-    /// body) to `key`'s stream, capped at `limit` body bytes; `None` when
-    /// streams are off.
+    /// Keeps an answer whose head is `head` (a record without a body), to
+    /// stream it to `key`'s stream once another instance asks, capped at
+    /// `limit` body bytes; `None` when streams are off (or `lease` is not
+    /// held here any more).
     pub(crate) fn stream_writer(
         &self,
         ns: &str,
@@ -80,6 +83,9 @@ impl RedisStore {
         if !inner.settings.streams {
             return None;
         }
+        let wanted = inner
+            .leading
+            .signal(&inner.names(ns, key).lease, &lease.token)?;
         let (ops, rx) = mpsc::unbounded_channel();
         let (written, written_rx) = oneshot::channel();
         let task = Task {
@@ -92,7 +98,7 @@ impl RedisStore {
         };
         inner
             .runtime
-            .spawn(task.run(entry::encode_head(head), rx, written));
+            .spawn(task.run(entry::encode_head(head), rx, written, wanted));
         Some(StreamWriter {
             ops,
             written: written_rx,
@@ -120,7 +126,15 @@ impl Task {
         head: Vec<u8>,
         mut ops: mpsc::UnboundedReceiver<Op>,
         written: oneshot::Sender<()>,
+        wanted: Arc<Notify>,
     ) {
+        // Nothing reaches Redis until another instance asks: the chunks are
+        // kept meanwhile (refcounted: the flight records the same bytes).
+        let Some(kept) = keep_until_wanted(&mut ops, &wanted, self.limit).await else {
+            // Ended, failed or grew too large before anyone asked.
+            let _ = written.send(());
+            return;
+        };
         let batch_time = self.inner.settings.stream_batch;
         // An answer complete within the first batch is not streamed at all:
         // its waiters find the stored entry a moment later.
@@ -129,11 +143,23 @@ impl Task {
             let _ = written.send(());
             return;
         }
-        let mut entries = vec![(HEAD, head)];
-        if !first.body.is_empty() {
-            entries.push((CHUNK, first.body.to_vec()));
+        let kept_len: usize = kept.iter().map(Bytes::len).sum();
+        let mut sent = kept_len as u64 + first.body.len() as u64;
+        if sent > self.limit {
+            return;
         }
-        let mut sent = first.body.len() as u64;
+        // The head, then what was kept, at once, in entries of at most
+        // 64 KiB.
+        let mut prefix = BytesMut::with_capacity(kept_len + first.body.len());
+        kept.iter()
+            .for_each(|chunk| prefix.extend_from_slice(chunk));
+        prefix.extend_from_slice(&first.body);
+        let mut prefix = prefix.freeze();
+        let mut entries = vec![(HEAD, Bytes::from(head))];
+        while !prefix.is_empty() {
+            let piece = prefix.split_to(prefix.len().min(BATCH_BYTES));
+            entries.push((CHUNK, piece));
+        }
         // A failed append stops the stream here: its followers see no end,
         // and fail when the lease goes or on their idle deadline.
         if !self.append(&entries, None).await {
@@ -146,7 +172,7 @@ impl Task {
             .await;
         loop {
             let Some(op) = ops.recv().await else {
-                self.append(&[(FAILED, b"gone".to_vec())], Some(GRACE))
+                self.append(&[(FAILED, Bytes::from_static(b"gone"))], Some(GRACE))
                     .await;
                 return;
             };
@@ -155,16 +181,16 @@ impl Task {
             let mut entries = Vec::with_capacity(2);
             let too_large = sent > self.limit;
             if too_large {
-                entries.push((FAILED, b"too large".to_vec()));
+                entries.push((FAILED, Bytes::from_static(entry::TOO_LARGE)));
             } else {
                 if !batch.body.is_empty() {
-                    entries.push((CHUNK, batch.body.to_vec()));
+                    entries.push((CHUNK, batch.body.freeze()));
                 }
                 match (&batch.end, batch.gone) {
                     (Some(trailers), _) => {
-                        entries.push((END, entry::encode_end(trailers.as_ref())));
+                        entries.push((END, Bytes::from(entry::encode_end(trailers.as_ref()))));
                     }
-                    (None, true) => entries.push((FAILED, b"gone".to_vec())),
+                    (None, true) => entries.push((FAILED, Bytes::from_static(b"gone"))),
                     (None, false) => {}
                 }
             }
@@ -183,7 +209,7 @@ impl Task {
     /// Appends `entries` in one round trip, with the stream's expiry:
     /// `expire` when given (the end), else the stream TTL, pushed back only
     /// once a quarter of it has passed. Returns whether it worked.
-    async fn append(&mut self, entries: &[(&str, Vec<u8>)], expire: Option<Duration>) -> bool {
+    async fn append(&mut self, entries: &[(&str, Bytes)], expire: Option<Duration>) -> bool {
         let ttl = self.inner.settings.stream_ttl;
         let now = Instant::now();
         let expire = expire.or_else(|| {
@@ -204,7 +230,7 @@ impl Task {
                 .arg(&self.name)
                 .arg("*")
                 .arg(*field)
-                .arg(value.as_slice())
+                .arg(value.as_ref())
                 .arg(WRITER)
                 .arg(&self.writer)
                 .ignore();
@@ -228,6 +254,35 @@ impl Task {
         }
         appended
     }
+}
+
+/// Keeps the chunks that arrive until `wanted` fires: `None` when the
+/// answer ends, fails, or grows past `limit` first (then no one is ever
+/// streamed it). A want already waiting is taken before any chunk.
+async fn keep_until_wanted(
+    ops: &mut mpsc::UnboundedReceiver<Op>,
+    wanted: &Notify,
+    limit: u64,
+) -> Option<Vec<Bytes>> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            () = wanted.notified() => break,
+            op = ops.recv() => match op? {
+                Op::Chunk(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return None;
+                    }
+                    chunks.push(chunk);
+                }
+                Op::End(_) => return None,
+            },
+        }
+    }
+    Some(chunks)
 }
 
 /// What arrived within one batch.
@@ -297,5 +352,37 @@ mod tests {
         rx.recv().await;
         let batch = gather(&mut rx, None, Duration::from_secs(60)).await;
         assert!(batch.gone, "cut by the leader going");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_are_kept_until_wanted_and_never_past_the_limit_or_the_end() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let wanted = Arc::new(Notify::new());
+        let keeping = tokio::spawn({
+            let wanted = Arc::clone(&wanted);
+            let mut rx = rx;
+            async move {
+                let kept = keep_until_wanted(&mut rx, &wanted, 4).await;
+                (rx, kept)
+            }
+        });
+        tx.send(Op::Chunk(Bytes::from("ab"))).unwrap();
+        tx.send(Op::Chunk(Bytes::from("c"))).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!keeping.is_finished(), "not wanted yet: kept, not written");
+        wanted.notify_one();
+        let (mut rx, kept) = keeping.await.unwrap();
+        assert_eq!(kept.unwrap(), [Bytes::from("ab"), Bytes::from("c")]);
+
+        // Past the limit, nobody is streamed it.
+        let none = Notify::new();
+        tx.send(Op::Chunk(Bytes::from("abc"))).unwrap();
+        tx.send(Op::Chunk(Bytes::from("de"))).unwrap();
+        assert!(keep_until_wanted(&mut rx, &none, 4).await.is_none());
+        // Ended or failed first: nothing to stream either.
+        tx.send(Op::End(None)).unwrap();
+        assert!(keep_until_wanted(&mut rx, &none, 4).await.is_none());
+        drop(tx);
+        assert!(keep_until_wanted(&mut rx, &none, 4).await.is_none());
     }
 }
