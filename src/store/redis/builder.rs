@@ -181,12 +181,16 @@ impl RedisStoreBuilder {
     /// then on, whatever the number of followers.
     ///
     /// The trade-off: a waiter elsewhere gets the first bytes as soon as
-    /// the leader does, but once it has forwarded the head it can no longer
-    /// go through itself. If the leader fails, loses Redis or dies
-    /// mid-stream, if Redis fails, or if an answer of unknown length grows
-    /// past the response limit, its body ends with an error (never a
-    /// truncated body passed off as complete) where, without streams, it
-    /// would have waited and then gone through.
+    /// the leader does, but once it has forwarded the head it cannot take
+    /// them back. If Redis fails mid-stream, or an answer of unknown length
+    /// grows past the response limit, it goes through itself and continues
+    /// its caller's body only if the fresh answer starts with exactly the
+    /// bytes forwarded; otherwise, or if the leader's own body fails or the
+    /// leader dies, its body ends with an error (never a truncated or
+    /// spliced body passed off as complete) where, without streams, it would
+    /// have waited and then gone through. Behind the reqwest middleware a
+    /// follower cannot go through once it has answered: there Redis failing
+    /// mid-stream ends its body with an error too.
     pub fn streams(mut self, enabled: bool) -> Self {
         self.settings.streams = enabled;
         self
