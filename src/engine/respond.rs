@@ -53,12 +53,8 @@ impl Engine {
         self.replay_at(record, now)
     }
 
-    /// A stored response, with `age` and a `hit` cache status.
-    pub(super) fn replay<B>(&self, record: &Record) -> Response<ResponseBody<B>> {
-        self.replay_at(record, now_millis())
-    }
-
-    /// [`replay`](Self::replay) at `now` (milliseconds since the epoch).
+    /// A stored response, with `age` and a `hit` cache status, at `now`
+    /// (milliseconds since the epoch).
     fn replay_at<B>(&self, record: &Record, now: u64) -> Response<ResponseBody<B>> {
         let mut response = Response::new(ResponseBody::replay(
             record.body.clone(),
