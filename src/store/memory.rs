@@ -228,17 +228,8 @@ mod tests {
     }
 
     /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
+    /// one-off misses ten times the budget. The protected segment must keep
+    /// the hot entry over the one-hit wonders.
     #[tokio::test]
     async fn a_hot_entry_survives_a_flood_of_one_off_misses() {
         const BUDGET: u64 = 1024 * 1024;
