@@ -66,7 +66,10 @@ impl Engine {
         // stored map has none, and the two inserts grew it (a reallocation
         // and a rehash of every header) on every replay. Appending in the
         // stored map's order gives the same map as a clone.
-        let mut headers = HeaderMap::with_capacity(record.headers.len() + 2);
+        // One more for the `content-length` a server or router adds to a
+        // body of known size (axum does): the fourth header grew a map
+        // sized for three.
+        let mut headers = HeaderMap::with_capacity(record.headers.len() + 3);
         for (name, value) in &record.headers {
             headers.append(name.clone(), value.clone());
         }
