@@ -53,3 +53,42 @@ pub fn parse_idempotency_key(value: &[u8]) -> Option<String> {
 /// it without the layer.
 #[cfg(feature = "redis")]
 pub const LOOKUP_SCRIPT: &str = crate::store::redis::scripts::LOOKUP_SOURCE;
+
+/// The L1 as the layer configures it, for the bench that times an insert
+/// in isolation against moka without our configuration.
+pub struct L1(crate::store::MemoryStore);
+
+impl L1 {
+    /// An L1 of `capacity_bytes`.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self(crate::store::MemoryStore::new(capacity_bytes))
+    }
+
+    /// Stores a 200 answer with one header and `body` under `key`, for an
+    /// hour.
+    pub async fn insert(&self, key: [u8; 32], body: bytes::Bytes) {
+        let now = crate::record::now_millis();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let record = crate::record::Record {
+            status: http::StatusCode::OK,
+            version: http::Version::HTTP_11,
+            headers,
+            body,
+            trailers: None,
+            created_at: now,
+            expires_at: now + 3_600_000,
+            meta: bytes::Bytes::new(),
+            info: Default::default(),
+        };
+        self.0
+            .insert(
+                crate::key::Key::from_bytes(key),
+                std::sync::Arc::new(record),
+            )
+            .await;
+    }
+}

@@ -17,6 +17,7 @@ use crate::{
     cache_status::CacheStatus,
     error::BoxError,
     flight::{Joined, Role},
+    record::now_millis,
 };
 
 impl Engine {
@@ -38,9 +39,10 @@ impl Engine {
         // Read before the look-up: if it has not moved when this request
         // becomes a leader, nothing was stored under the key in between.
         let generation = self.l1.generation(&job.key);
-        if let Some(record) = self.l1.get(&job.key).await {
+        let now = now_millis();
+        if let Some(record) = self.l1.get_at(&job.key, now).await {
             if self.fits(job, &record, pending.headers()) {
-                return Ok(self.hit(job, &record, Outcome::HitL1));
+                return Ok(self.hit_at(job, &record, Outcome::HitL1, now));
             }
         }
         // A follower waits for its leader at most this long, like a waiter

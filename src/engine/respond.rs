@@ -25,6 +25,18 @@ impl Engine {
         record: &Record,
         outcome: Outcome,
     ) -> Response<ResponseBody<B>> {
+        self.hit_at(job, record, outcome, now_millis())
+    }
+
+    /// [`hit`](Self::hit) at `now` (milliseconds since the epoch), for a
+    /// caller that has just read the clock.
+    pub(super) fn hit_at<B>(
+        &self,
+        job: &Job,
+        record: &Record,
+        outcome: Outcome,
+        now: u64,
+    ) -> Response<ResponseBody<B>> {
         if let (Some(mine), Some(theirs)) = (job.fingerprint, record.info.fingerprint) {
             if mine != theirs {
                 return self.reject(key_reused());
@@ -38,27 +50,37 @@ impl Engine {
         let cost = self.count_savings(&record.info, record.body.len() as u64, 1);
         self.count_tenant_saved(job, Some(cost));
         self.count_bucket_hit(job);
-        self.replay(record)
+        self.replay_at(record, now)
     }
 
-    /// A stored response, with `age` and a `hit` cache status.
-    pub(super) fn replay<B>(&self, record: &Record) -> Response<ResponseBody<B>> {
-        let now = now_millis();
+    /// A stored response, with `age` and a `hit` cache status, at `now`
+    /// (milliseconds since the epoch).
+    fn replay_at<B>(&self, record: &Record, now: u64) -> Response<ResponseBody<B>> {
         let mut response = Response::new(ResponseBody::replay(
             record.body.clone(),
             record.trailers.clone(),
         ));
         *response.status_mut() = record.status;
         *response.version_mut() = record.version;
-        let headers = response.headers_mut();
-        *headers = record.headers.clone();
+        // Room for `age` and `cache-status` from the start: a clone of the
+        // stored map has none, and the two inserts grew it (a reallocation
+        // and a rehash of every header) on every replay. Appending in the
+        // stored map's order gives the same map as a clone.
+        // One more for the `content-length` a server or router adds to a
+        // body of known size (axum does): the fourth header grew a map
+        // sized for three.
+        let mut headers = HeaderMap::with_capacity(record.headers.len() + 3);
+        for (name, value) in &record.headers {
+            headers.append(name.clone(), value.clone());
+        }
         headers.insert(header::AGE, HeaderValue::from(record.age_at(now)));
         self.mark(
-            headers,
+            &mut headers,
             CacheStatus::Hit {
                 ttl: record.ttl_at(now).as_secs(),
             },
         );
+        *response.headers_mut() = headers;
         response
     }
 

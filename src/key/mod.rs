@@ -24,7 +24,7 @@ mod explain;
 mod hash;
 mod json;
 
-use std::{fmt, sync::Arc};
+use std::{cell::RefCell, fmt, sync::Arc};
 
 use http::{request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
@@ -379,10 +379,32 @@ impl KeySpec {
     /// update. The head is dozens of small fields (every vary header's name
     /// and count), and `Sha256::update` has a cost per call that was most of
     /// a short request's key.
+    ///
+    /// The buffer is the thread's own, reused: a request's key allocates
+    /// nothing for its head.
     fn hash_head(&self, namespace: &str, parts: &Parts, hasher: &mut Sha256) {
-        let mut head = Vec::with_capacity(512);
-        self.frame_head(namespace, parts, &mut head);
-        hasher.update(&head);
+        /// A head longer than this (long queries, many header values) gets
+        /// a buffer of its own rather than keeping the thread's one large.
+        const KEEP: usize = 16 * 1024;
+        thread_local! {
+            static HEAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        HEAD.with(|head| {
+            // Nothing in `frame_head` runs user code, so the buffer is never
+            // borrowed twice; if it somehow were, a fresh one does the job.
+            let mut fresh = Vec::new();
+            let mut borrowed = head.try_borrow_mut();
+            let buffer = match borrowed.as_deref_mut() {
+                Ok(buffer) => buffer,
+                Err(_) => &mut fresh,
+            };
+            buffer.clear();
+            self.frame_head(namespace, parts, buffer);
+            hasher.update(&buffer[..]);
+            if buffer.capacity() > KEEP {
+                *buffer = Vec::new();
+            }
+        });
     }
 
     /// The key of a request that names itself with an `Idempotency-Key`: the

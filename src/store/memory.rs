@@ -125,6 +125,12 @@ impl MemoryStore {
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Option<Arc<Record>> {
+        self.get_at(key, now_millis()).await
+    }
+
+    /// [`get`](Self::get), fresh at `now` (milliseconds since the epoch):
+    /// a hit reads the clock once, for this and for its `age`.
+    pub(crate) async fn get_at(&self, key: &Key, now: u64) -> Option<Arc<Record>> {
         // moka expires on its own clock; the record's wall-clock deadline is
         // the authority (an entry from L2 may be close to it). Probation
         // first: a refreshed entry lands there and must shadow the old one.
@@ -133,7 +139,6 @@ impl MemoryStore {
         // records every `get`, a miss too, and that record (with the
         // housekeeping it triggers) was most of what a miss cost here, for
         // an eviction policy (LRU) that has no use for misses.
-        let now = now_millis();
         if self.probation.contains_key(key) {
             if let Some(record) = self.probation.get(key).await {
                 if !record.is_fresh_at(now) {
@@ -223,17 +228,8 @@ mod tests {
     }
 
     /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
-    /// A gateway's life: a hot entry replayed many times, then a flood of
-    /// one-off misses ten times the budget. TinyLFU admission must keep the
-    /// hot entry over the one-hit wonders.
+    /// one-off misses ten times the budget. The protected segment must keep
+    /// the hot entry over the one-hit wonders.
     #[tokio::test]
     async fn a_hot_entry_survives_a_flood_of_one_off_misses() {
         const BUDGET: u64 = 1024 * 1024;
