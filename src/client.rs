@@ -126,7 +126,7 @@ impl IdempotencyMiddleware {
     pub fn default_headers(mut self, headers: HeaderMap) -> Self {
         // As `reqwest::ClientBuilder` builds them: its own `accept`, then
         // each given header inserted over it (the last value of a name wins).
-        let mut defaults = HeaderMap::with_capacity(headers.len() + 1);
+        let mut defaults = HeaderMap::try_with_capacity(headers.len() + 1).unwrap_or_default();
         defaults.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         for (name, value) in headers.iter() {
             defaults.insert(name, value.clone());

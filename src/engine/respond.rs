@@ -69,7 +69,10 @@ impl Engine {
         // One more for the `content-length` a server or router adds to a
         // body of known size (axum does): the fourth header grew a map
         // sized for three.
-        let mut headers = HeaderMap::with_capacity(record.headers.len() + 3);
+        // `try_`: a record of very many values (from Redis, or an upstream)
+        // is past what a capacity may ask for, though not what the map holds.
+        let mut headers =
+            HeaderMap::try_with_capacity(record.headers.len() + 3).unwrap_or_default();
         for (name, value) in &record.headers {
             headers.append(name.clone(), value.clone());
         }

@@ -105,7 +105,9 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// recomputes).
 pub(crate) fn shareable_headers(headers: &HeaderMap) -> HeaderMap {
     let hop_by_hop = HopByHop::of(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
+    // `try_`: very many values are past what a capacity may ask for,
+    // though not what a map holds.
+    let mut out = HeaderMap::try_with_capacity(headers.len()).unwrap_or_default();
     for (name, value) in headers {
         // `vary` stays whatever `Connection` says: a stored response's own
         // `Vary` is what keeps its replays to the requests it fits.

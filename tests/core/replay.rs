@@ -152,3 +152,32 @@ async fn a_repeat_after_the_last_byte_is_always_a_hit() {
     }
     assert_eq!(calls.get(), 200);
 }
+
+#[tokio::test]
+async fn a_stored_answer_with_very_many_header_values_replays_without_a_panic() {
+    // Past what `HeaderMap::with_capacity` accepts (about 24,576 once the
+    // replay's own headers are added): the stored map holds them all, and
+    // its replay must too.
+    const VALUES: usize = 24_600;
+    let (inner, calls) = upstream(|_| async {
+        let mut response = respond(200, "many");
+        for _ in 0..VALUES {
+            response
+                .headers_mut()
+                .append("x-many", http::HeaderValue::from_static("v"));
+        }
+        response
+    });
+    let service = IdempotencyLayer::new().layer(inner);
+    let first = fetch(&service, post("/", "q")).await;
+    assert_eq!(first.headers.get_all("x-many").iter().count(), VALUES);
+    let replay = fetch(&service, post("/", "q")).await;
+    assert!(
+        replay.cache_status().contains("hit"),
+        "{}",
+        replay.cache_status()
+    );
+    assert_eq!(replay.headers.get_all("x-many").iter().count(), VALUES);
+    assert_eq!(replay.body, first.body);
+    assert_eq!(calls.get(), 1);
+}
