@@ -155,7 +155,7 @@ struct ReadyService<S>(S);
 
 impl<S, ReqBody, ResBody> Upstream<ReqBody> for ReadyService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
@@ -183,8 +183,16 @@ where
     }
 
     fn relay(self, engine: Arc<Engine>, relay: Relay, request: Request<ReqBody>) {
-        // The service is owned: the relay may call it long after the
-        // caller has the head.
-        engine.relay_detached(relay, self, request);
+        // The readied instance is let go now: held for the whole remote
+        // stream, it would hold what its readiness reserved (a concurrency
+        // permit, a buffer slot) for a call made only should Redis fail.
+        // The fall-back readies a clone of its own, when it needs it.
+        let mut service = self.0.clone();
+        drop(self);
+        let fresh = async move {
+            std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+            service.call(request).await
+        };
+        engine.relay_detached(relay, fresh);
     }
 }

@@ -181,21 +181,16 @@ impl Engine {
         Ok(self.live(&head, &head.headers, reader, CacheStatus::Collapsed))
     }
 
-    /// Relays a remote stream in a task of its own, which calls `upstream`
-    /// with `request` itself should Redis fail mid-stream: for an upstream
-    /// that may outlive its caller.
-    pub(crate) fn relay_detached<ReqBody, U>(
-        self: Arc<Self>,
-        relay: Relay,
-        upstream: U,
-        request: Request<ReqBody>,
-    ) where
-        U: Upstream<ReqBody> + 'static,
-        ReqBody: Send + 'static,
-        <U::Body as Body>::Error: Into<BoxError>,
+    /// Relays a remote stream in a task of its own, which awaits `fresh`
+    /// (the request's own upstream call, not started until then) should
+    /// Redis fail mid-stream: for an upstream that may outlive its caller.
+    pub(crate) fn relay_detached<F, RB, E>(self: Arc<Self>, relay: Relay, fresh: F)
+    where
+        F: Future<Output = Result<Response<RB>, E>> + Send + 'static,
+        RB: Body + Send + 'static,
+        RB::Error: Into<BoxError>,
+        E: Send + 'static,
     {
-        // Not called unless needed: a call starts work upstream.
-        let fresh = async move { upstream.forward(request).await };
         tokio::spawn(self.relay(relay, Some(fresh)).in_current_span());
     }
 
@@ -239,6 +234,10 @@ impl Engine {
         let why = loop {
             match timeout(idle, follow.entries.recv()).await {
                 Ok(Some(StreamEntry::Chunk(chunk))) => {
+                    // Nobody left to forward to: stop reading the stream.
+                    if !leader.has_readers() {
+                        return self.relay_failed(leader, &job, "every reader went away");
+                    }
                     usage.feed(&chunk);
                     forwarded.feed(&chunk);
                     leader.push(chunk, limit);

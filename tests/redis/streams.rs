@@ -900,3 +900,59 @@ async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream(
     assert_eq!(followed, led);
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_follower_holds_no_readiness_of_its_inner_service_while_it_relays() {
+    // B's inner service takes one call at a time: readiness reserves its
+    // only permit. A follower relaying A's stream makes no call unless
+    // Redis fails, so it must not keep that permit for the whole stream.
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner.clone());
+    let service_b = b.layer(tower::limit::ConcurrencyLimitLayer::new(1).layer(inner));
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let follower = timeout(
+        PATIENCE,
+        service_b.clone().oneshot(post("/v1/chat", "stream me")),
+    )
+    .await
+    .expect("a response head in time")
+    .unwrap();
+    assert!(
+        follower.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("collapsed"),
+        "{:?}",
+        follower.headers()
+    );
+    let mut follower_body = follower.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    // Mid-stream, another request on B reaches B's inner service.
+    let other = timeout(
+        Duration::from_secs(5),
+        service_b
+            .clone()
+            .oneshot(post("/v1/other", "something else")),
+    )
+    .await
+    .expect("another request on B is served while the follower relays, not stuck in poll_ready")
+    .unwrap();
+    assert_eq!(other.status(), 200);
+    let _ = rest(other.into_body(), Vec::new()).await.unwrap();
+
+    feed.data("data: 2\n\n");
+    drop(feed);
+    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    let (followed, _) = rest(follower_body, first.to_vec()).await.unwrap();
+    assert_eq!(followed, led);
+    assert_eq!(calls.get(), 2, "the leader's call and the other request's");
+}
