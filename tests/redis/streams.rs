@@ -956,3 +956,46 @@ async fn a_remote_follower_holds_no_readiness_of_its_inner_service_while_it_rela
     assert_eq!(followed, led);
     assert_eq!(calls.get(), 2, "the leader's call and the other request's");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_a_mib_before_anyone_asks_is_not_streamed_and_its_waiter_gets_the_entry() {
+    // The leader keeps at most a MiB for a stream nobody asked for yet:
+    // past it, a waiter elsewhere waits for the stored entry instead.
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let leader = open(&service_a).await;
+    let chunk = format!("data: {}\n\n", "x".repeat(64 * 1024));
+    let mut leader_body = leader.into_body();
+    let mut led = Vec::new();
+    for _ in 0..17 {
+        feed.data(chunk.clone());
+        let data = timeout(PATIENCE, next_data(&mut leader_body))
+            .await
+            .unwrap()
+            .unwrap();
+        led.extend_from_slice(&data);
+    }
+    let waiter = tokio::spawn({
+        let service_b = service_b.clone();
+        async move { fetch(&service_b, post("/v1/chat", "stream me")).await }
+    });
+    // Its look-up has found the lease and asked for the stream.
+    until("the waiter asked for the stream", || {
+        command_calls(&server).get("publish").copied().unwrap_or(0) >= 1
+    })
+    .await;
+    feed.data("data: end\n\n");
+    drop(feed);
+    let (led, _) = rest(leader_body, led).await.unwrap();
+    let waited = timeout(PATIENCE, waiter).await.unwrap().unwrap();
+    assert_eq!(waited.body, led, "byte-identical, from the stored entry");
+    assert_eq!(calls.get(), 1);
+    assert_eq!(
+        command_calls(&server).get("xadd"),
+        None,
+        "no stream written"
+    );
+}

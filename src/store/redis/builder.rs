@@ -173,8 +173,10 @@ impl RedisStoreBuilder {
     /// for the stored entry. Default: on.
     ///
     /// The cost: nothing until a duplicate on another instance waits for
-    /// the answer. The leader keeps its chunks (refcounted, within the
-    /// response limit) and writes no stream; the first waiter elsewhere
+    /// the answer. The leader keeps its first MiB of body (the recording's
+    /// own chunks, refcounted) and writes no stream; an answer that passes
+    /// that MiB before anyone asks is not streamed, and its waiters
+    /// elsewhere wait for the stored entry. The first waiter elsewhere
     /// asks for it (one `PUBLISH` per key and instance, at most once a
     /// second), and then the leader appends its head and the body so far,
     /// and one `XADD` per batch ([`stream_batch`](Self::stream_batch)) from

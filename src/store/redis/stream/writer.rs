@@ -28,6 +28,13 @@ use crate::{
     },
 };
 
+/// The most body bytes a leader keeps for a stream nobody has asked for
+/// yet. They are the recording's own chunks while the answer is recorded,
+/// but an answer past the recording budget is not recorded, and these would
+/// then be held outside it. Past this, the answer is not streamed: a waiter
+/// elsewhere waits for the stored entry, as without streams.
+const KEEP_BYTES: u64 = 1024 * 1024;
+
 /// A batch is sent once it holds this many bytes, whatever the time.
 const BATCH_BYTES: usize = 64 * 1024;
 /// How long a stream outlives its end: followers still catching up read
@@ -130,7 +137,8 @@ impl Task {
     ) {
         // Nothing reaches Redis until another instance asks: the chunks are
         // kept meanwhile (refcounted: the flight records the same bytes).
-        let Some(kept) = keep_until_wanted(&mut ops, &wanted, self.limit).await else {
+        let keep = self.limit.min(KEEP_BYTES);
+        let Some(kept) = keep_until_wanted(&mut ops, &wanted, keep).await else {
             // Ended, failed or grew too large before anyone asked.
             let _ = written.send(());
             return;
@@ -145,7 +153,9 @@ impl Task {
         }
         let kept_len: usize = kept.iter().map(Bytes::len).sum();
         let mut sent = kept_len as u64 + first.body.len() as u64;
-        if sent > self.limit {
+        // Chunks queued when the ask came count too: past what may be kept,
+        // the answer is not streamed.
+        if sent > keep {
             return;
         }
         // The head, then what was kept, at once, in entries of at most
@@ -270,19 +280,26 @@ async fn keep_until_wanted(
         tokio::select! {
             biased;
             () = wanted.notified() => break,
-            op = ops.recv() => match op? {
-                Op::Chunk(chunk) => {
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return None;
-                    }
-                    chunks.push(chunk);
-                }
-                Op::End(_) => return None,
-            },
+            op = ops.recv() => keep(op?, &mut chunks, &mut size, limit)?,
         }
     }
+    // What was already queued when the ask came is kept too, within the
+    // same limit.
+    while let Ok(op) = ops.try_recv() {
+        keep(op, &mut chunks, &mut size, limit)?;
+    }
     Some(chunks)
+}
+
+/// Keeps `op`'s chunk in `chunks`; `None` at the end, or past `limit`.
+fn keep(op: Op, chunks: &mut Vec<Bytes>, size: &mut u64, limit: u64) -> Option<()> {
+    let Op::Chunk(chunk) = op else { return None };
+    *size += chunk.len() as u64;
+    if *size > limit {
+        return None;
+    }
+    chunks.push(chunk);
+    Some(())
 }
 
 /// What arrived within one batch.
