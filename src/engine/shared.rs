@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use http::{header, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
@@ -315,11 +315,19 @@ impl Engine {
             return leader
                 .fail("the remote stream failed, and so did the call in its place".into());
         };
-        // The caller has the head: the body must be read the same way.
+        // The caller has the head: the body must be read the same way, and
+        // be the same representation (a validator or digest that changed
+        // names another one, whatever its first bytes). And it may only
+        // reach the duplicates sharing this flight if it may be shared.
         let another_head = response.status() != head.status
-            || [header::CONTENT_TYPE, header::CONTENT_ENCODING]
-                .iter()
-                .any(|name| response.headers().get(name) != head.headers.get(name));
+            || SAME_REPRESENTATION.iter().any(|name| {
+                response
+                    .headers()
+                    .get_all(*name)
+                    .iter()
+                    .ne(head.headers.get_all(*name))
+            })
+            || policy::response_forbids_storing(response.headers());
         if another_head {
             return leader.fail(
                 "the remote stream failed, and the call in its place answered another head".into(),
@@ -384,6 +392,20 @@ impl Engine {
         leader.complete(trailers);
     }
 }
+
+/// The headers a fresh answer must repeat to continue a body whose head
+/// the caller already has.
+const SAME_REPRESENTATION: [&str; 9] = [
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "content-range",
+    "etag",
+    "last-modified",
+    "digest",
+    "content-digest",
+    "repr-digest",
+];
 
 fn differs() -> BoxError {
     "the remote stream failed, and the call in its place answered other bytes than those forwarded"

@@ -678,3 +678,53 @@ async fn on_a_cluster_the_master_of_the_key_killed_mid_stream_a_remote_follower_
     assert_eq!(leader.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
     assert_eq!((calls_a.get(), calls_b.get()), (1, 1));
 }
+
+/// B's upstream answering the whole body again, with `header` added.
+fn answering_with(header: (&'static str, &'static str)) -> (impl TestService, Calls) {
+    upstream(move |_: Seen| async move {
+        let (feed, body) = channel_body();
+        feed.data(FULL);
+        drop(feed);
+        let mut response = sse(200, body.boxed());
+        response
+            .headers_mut()
+            .insert(header.0, http::HeaderValue::from_static(header.1));
+        response
+    })
+}
+
+/// The same bytes under another representation's validator, or marked
+/// `private`, do not continue a body whose head the caller already has, nor
+/// reach the duplicates sharing the follower's flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_answer_with_another_validator_or_private_does_not_continue_the_body() {
+    for header in [
+        ("etag", "\"v2\""),
+        ("last-modified", "Wed, 02 Dec 2026 18:00:00 GMT"),
+        ("cache-control", "private"),
+    ] {
+        let (inner_b, calls_b) = answering_with(header);
+        let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
+        assert!(
+            failed.follower.ended.is_err(),
+            "{header:?}: {:?}",
+            failed.follower
+        );
+        assert!(
+            failed.local.ended.is_err(),
+            "{header:?}: {:?}",
+            failed.local
+        );
+        assert!(
+            FULL.as_bytes().starts_with(&failed.follower.bytes),
+            "{header:?}: {:?}",
+            failed.follower.bytes
+        );
+        assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{header:?}");
+        assert_eq!(
+            failed.b.l1_usage().await.0,
+            0,
+            "{header:?}: B stored something"
+        );
+    }
+}
