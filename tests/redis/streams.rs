@@ -900,3 +900,124 @@ async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream(
     assert_eq!(followed, led);
     assert_eq!(calls.get(), 1);
 }
+
+// Gaps: a follower's body is contiguous or it fails.
+
+/// The ids of a stream's entries, in order.
+fn stream_ids(server: &RedisServer, stream: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+/// A follower's outcome is the leader's whole body, or an error: never a
+/// body with a hole passed off as complete.
+fn whole_or_failed(followed: &Result<(Bytes, Option<HeaderMap>), String>, led: &[u8]) {
+    if let Ok((body, _)) = followed {
+        assert!(
+            body == led,
+            "a body of {} bytes passed off as complete; the leader's has {}",
+            body.len(),
+            led.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_lost_from_a_remote_stream_never_completes_the_followers_body() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let want = want_for(&a).await;
+    let leader = open(&service_a).await;
+    // 150 KiB kept before anyone asks: written as three entries of at most
+    // 64 KiB once asked.
+    let mut sent = Vec::new();
+    for byte in [b'a', b'b', b'c'] {
+        let chunk = vec![byte; 50 * 1024];
+        sent.extend_from_slice(&chunk);
+        feed.data(chunk);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.cli(&["PUBLISH", "tidem:events", &want]);
+    until("the stream holds the head and the kept chunks", || {
+        exists(&server, &stream) && stream_fields(&server, &stream) == ["h", "c", "c", "c"]
+    })
+    .await;
+    // The middle entry is lost (as under another leader's `DEL`).
+    let ids = stream_ids(&server, &stream);
+    server.cli(&["XDEL", &stream, &ids[2]]);
+
+    let follower = open(&service_b).await;
+    let generation = tokio::spawn(async move {
+        let mut rest_sent = Vec::new();
+        for i in 0..5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let chunk = format!("data: {i}\n\n");
+            rest_sent.extend_from_slice(chunk.as_bytes());
+            feed.data(chunk);
+        }
+        drop(feed);
+        rest_sent
+    });
+    let (led, followed) = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(follower.into_body(), Vec::new())
+    );
+    sent.extend_from_slice(&generation.await.unwrap());
+    let (led, _) = led.expect("the leader's body completes");
+    assert_eq!(led, sent);
+    whole_or_failed(&followed, &led);
+    // The follower went through (its upstream answers differently) or
+    // failed: either way it did not complete from the stream.
+    assert!(followed.is_err(), "completed from a stream with a gap");
+    assert!(calls.get() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_without_its_offset_fails_a_remote_follower() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    // An entry of the leader's (its lease token) as an older writer wrote
+    // it: no offset. Nothing tells where it belongs.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    let token = server.cli(&["GET", &lease]).trim().to_owned();
+    assert!(!token.is_empty());
+    server.cli(&["XADD", &stream, "*", "c", "data: ?\n\n", "w", &token]);
+    feed.data("data: 2\n\n");
+    drop(feed);
+    let (led, followed) = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(follower_body, first.to_vec())
+    );
+    let (led, _) = led.expect("the leader's body completes");
+    assert_eq!(led, "data: 1\n\ndata: 2\n\n");
+    whole_or_failed(&followed, &led);
+    assert!(followed.is_err(), "completed from a stream with a gap");
+    assert!(calls.get() <= 2);
+}
