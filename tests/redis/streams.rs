@@ -1021,3 +1021,41 @@ async fn a_chunk_without_its_offset_fails_a_remote_follower() {
     assert!(followed.is_err(), "completed from a stream with a gap");
     assert!(calls.get() <= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewal_finds_its_lease_taken_starts_no_stream_on_a_want() {
+    let server = RedisServer::start();
+    // Renewed every 300 ms.
+    let a = instance(store(&server.url()).lease(Duration::from_millis(900))).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner);
+    let stream = stream_of(&a, "stream me").await;
+    let want = want_for(&a).await;
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+
+    // Another leader holds the key now (A's lease ran out while Redis was
+    // away); A's next renewal finds it taken.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
+    let scripts = |server: &RedisServer| {
+        let calls = command_calls(server);
+        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
+    };
+    let before = scripts(&server);
+    until("A's renewal ran", || scripts(&server) > before).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A want for the key: the leader that lost it writes nothing for it.
+    server.cli(&["PUBLISH", "tidem:events", &want]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    feed.data("data: 2\n\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!exists(&server, &stream), "streamed under a lease not held");
+    assert_eq!(command_calls(&server).get("xadd"), None);
+    drop(feed);
+    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(led, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(calls.get(), 1);
+}
