@@ -999,3 +999,162 @@ async fn an_answer_past_a_mib_before_anyone_asks_is_not_streamed_and_its_waiter_
         "no stream written"
     );
 }
+
+// Gaps: a follower's body is contiguous or it fails.
+
+/// The ids of a stream's entries, in order.
+fn stream_ids(server: &RedisServer, stream: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+/// A follower's outcome is the leader's whole body, or an error: never a
+/// body with a hole passed off as complete.
+fn whole_or_failed(followed: &Result<(Bytes, Option<HeaderMap>), String>, led: &[u8]) {
+    if let Ok((body, _)) = followed {
+        assert!(
+            body == led,
+            "a body of {} bytes passed off as complete; the leader's has {}",
+            body.len(),
+            led.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_lost_from_a_remote_stream_never_completes_the_followers_body() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let want = want_for(&a).await;
+    let leader = open(&service_a).await;
+    // 150 KiB kept before anyone asks: written as three entries of at most
+    // 64 KiB once asked.
+    let mut sent = Vec::new();
+    for byte in [b'a', b'b', b'c'] {
+        let chunk = vec![byte; 50 * 1024];
+        sent.extend_from_slice(&chunk);
+        feed.data(chunk);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.cli(&["PUBLISH", "tidem:events", &want]);
+    until("the stream holds the head and the kept chunks", || {
+        exists(&server, &stream) && stream_fields(&server, &stream) == ["h", "c", "c", "c"]
+    })
+    .await;
+    // The middle entry is lost (as under another leader's `DEL`).
+    let ids = stream_ids(&server, &stream);
+    server.cli(&["XDEL", &stream, &ids[2]]);
+
+    let follower = open(&service_b).await;
+    let generation = tokio::spawn(async move {
+        let mut rest_sent = Vec::new();
+        for i in 0..5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let chunk = format!("data: {i}\n\n");
+            rest_sent.extend_from_slice(chunk.as_bytes());
+            feed.data(chunk);
+        }
+        drop(feed);
+        rest_sent
+    });
+    let (led, followed) = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(follower.into_body(), Vec::new())
+    );
+    sent.extend_from_slice(&generation.await.unwrap());
+    let (led, _) = led.expect("the leader's body completes");
+    assert_eq!(led, sent);
+    whole_or_failed(&followed, &led);
+    // The follower went through (its upstream answers differently) or
+    // failed: either way it did not complete from the stream.
+    assert!(followed.is_err(), "completed from a stream with a gap");
+    assert!(calls.get() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_without_its_offset_fails_a_remote_follower() {
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = instance(store(&server.url())).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let stream = stream_of(&a, "stream me").await;
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+    let mut follower_body = open(&service_b).await.into_body();
+    let first = timeout(PATIENCE, next_data(&mut follower_body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    // An entry of the leader's (its lease token) as an older writer wrote
+    // it: no offset. Nothing tells where it belongs.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    let token = server.cli(&["GET", &lease]).trim().to_owned();
+    assert!(!token.is_empty());
+    server.cli(&["XADD", &stream, "*", "c", "data: ?\n\n", "w", &token]);
+    feed.data("data: 2\n\n");
+    drop(feed);
+    let (led, followed) = tokio::join!(
+        rest(leader.into_body(), Vec::new()),
+        rest(follower_body, first.to_vec())
+    );
+    let (led, _) = led.expect("the leader's body completes");
+    assert_eq!(led, "data: 1\n\ndata: 2\n\n");
+    whole_or_failed(&followed, &led);
+    assert!(followed.is_err(), "completed from a stream with a gap");
+    assert!(calls.get() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewal_finds_its_lease_taken_starts_no_stream_on_a_want() {
+    let server = RedisServer::start();
+    // Renewed every 300 ms.
+    let a = instance(store(&server.url()).lease(Duration::from_millis(900))).await;
+    let (inner, calls, feed) = streaming(SSE);
+    let service_a = a.layer(inner);
+    let stream = stream_of(&a, "stream me").await;
+    let want = want_for(&a).await;
+    let leader = open(&service_a).await;
+    feed.data("data: 1\n\n");
+
+    // Another leader holds the key now (A's lease ran out while Redis was
+    // away); A's next renewal finds it taken.
+    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
+    let lease = format!("{}:lease", crate::entry_name("", &key));
+    server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
+    let scripts = |server: &RedisServer| {
+        let calls = command_calls(server);
+        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
+    };
+    let before = scripts(&server);
+    until("A's renewal ran", || scripts(&server) > before).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A want for the key: the leader that lost it writes nothing for it.
+    server.cli(&["PUBLISH", "tidem:events", &want]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    feed.data("data: 2\n\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!exists(&server, &stream), "streamed under a lease not held");
+    assert_eq!(command_calls(&server).get("xadd"), None);
+    drop(feed);
+    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    assert_eq!(led, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(calls.get(), 1);
+}

@@ -117,7 +117,10 @@ impl RedisStore {
                     )
                     .await
                 {
-                    return; // no longer ours
+                    // No longer ours: a want for the key must not start a
+                    // stream of this leader's beside the new one's.
+                    inner.leading.forget(&names.lease, &token);
+                    return;
                 }
             }
         });

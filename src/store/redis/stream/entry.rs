@@ -16,6 +16,12 @@ pub(super) const FAILED: &str = "f";
 /// The second field of every entry: the lease token of the leader that
 /// wrote it.
 pub(super) const WRITER: &str = "w";
+/// The third field of a chunk and of an end: where it starts in the body,
+/// in decimal (for an end, the body's whole length). A follower checks
+/// that the chunks it receives are contiguous and that the end comes after
+/// all of them: a stream that lost entries (another leader's `DEL`, an
+/// entry trimmed away) fails instead of passing for complete.
+pub(super) const OFFSET: &str = "o";
 /// The reason of a failed end when the answer grew past the response
 /// limit: the leader's caller got it whole, it is just not shared.
 pub(super) const TOO_LARGE: &[u8] = b"too large";
@@ -59,6 +65,9 @@ pub(super) struct Raw {
     pub(super) value: Bytes,
     /// The lease token of the leader that wrote it.
     pub(super) writer: Option<Bytes>,
+    /// Where a chunk starts in the body, or an end's total length; `None`
+    /// when missing or not a decimal number.
+    pub(super) offset: Option<u64>,
 }
 
 impl Raw {
@@ -121,15 +130,23 @@ pub(super) fn entries(value: &Value) -> Vec<Raw> {
             let [field, value, rest @ ..] = fields.as_slice() else {
                 return None;
             };
-            let writer = match rest {
-                [name, writer, ..] if bytes(name)?.as_ref() == WRITER.as_bytes() => bytes(writer),
-                _ => None,
-            };
+            let (mut writer, mut offset) = (None, None);
+            for pair in rest.chunks_exact(2) {
+                let Some(name) = bytes(&pair[0]) else {
+                    continue;
+                };
+                if name.as_ref() == WRITER.as_bytes() {
+                    writer = bytes(&pair[1]);
+                } else if name.as_ref() == OFFSET.as_bytes() {
+                    offset = text(&pair[1]).and_then(|text| text.parse().ok());
+                }
+            }
             Some(Raw {
                 id,
                 field: bytes(field)?.to_vec(),
                 value: bytes(value)?,
                 writer,
+                offset,
             })
         })
         .collect()
@@ -221,5 +238,27 @@ mod tests {
         assert!(streams(&Value::Nil).is_empty());
         let read = Value::Array(vec![Value::Array(vec![bulk(b"s"), reply])]);
         assert_eq!(streams(&read)[0].0, "s");
+    }
+
+    #[test]
+    fn the_writer_and_the_offset_are_read_in_any_order_and_garbage_is_none() {
+        let entry = |fields: &[&[u8]]| {
+            let fields = fields.iter().map(|field| bulk(field)).collect();
+            Value::Array(vec![Value::Array(vec![bulk(b"1-0"), Value::Array(fields)])])
+        };
+        let raw = entries(&entry(&[b"c", b"ab", b"w", b"t", b"o", b"42"]));
+        assert_eq!(raw[0].writer.as_deref(), Some(&b"t"[..]));
+        assert_eq!(raw[0].offset, Some(42));
+        let raw = entries(&entry(&[b"e", b"", b"o", b"7", b"w", b"t"]));
+        assert_eq!(
+            (raw[0].writer.as_deref(), raw[0].offset),
+            (Some(&b"t"[..]), Some(7))
+        );
+        for garbage in [&b"-1"[..], b"x", b"", b"99999999999999999999999"] {
+            let raw = entries(&entry(&[b"c", b"ab", b"w", b"t", b"o", garbage]));
+            assert_eq!(raw[0].offset, None, "{garbage:?}");
+        }
+        let raw = entries(&entry(&[b"c", b"ab", b"w", b"t"]));
+        assert_eq!(raw[0].offset, None, "an older writer's");
     }
 }

@@ -3,13 +3,14 @@
 //! their callers as it arrives, instead of waiting for the stored entry.
 //!
 //! The stream of a key is `tidem:<ns>:{<key>}:stream`, in the slot of the
-//! entry and its lease. Its entries, each one field:
+//! entry and its lease. Its entries, each one field (besides `w` and `o`,
+//! below):
 //!
 //! | field | value |
 //! |---|---|
 //! | `h` | the head: status, version, shareable headers and metadata (the `Vary` digest, the `Idempotency-Key` fingerprint), in the record's binary form with an empty body |
-//! | `c` | body bytes: the chunks that arrived within one batch, concatenated |
-//! | `e` | the end of a complete body: its trailers, in the record's binary form |
+//! | `c` | body bytes: the chunks that arrived within one batch, concatenated; `o`: where they start in the body |
+//! | `e` | the end of a complete body: its trailers, in the record's binary form; `o`: the body's whole length |
 //! | `f` | the end of a failed body (upstream error, idle, too large): a reason; `too large` is the leader's caller served whole, only not shared, not the leader's failure |
 //!
 //! A leader writes nothing at first: its writer keeps the head and the
@@ -26,6 +27,15 @@
 //! lease pass to another leader while it still appends (Redis paused past
 //! the lease), followers skip the entries that are not their leader's, and
 //! fail when they find the lease held by another.
+//!
+//! Chunks and ends also carry `o` (decimal): where a chunk starts in the
+//! body, and an end's total. A follower checks that its leader's chunks
+//! follow one another exactly and that the end counts them all: a stream
+//! that lost entries (another leader's `DEL` between two reads, an entry
+//! deleted or trimmed), or entries without `o`, fail the follower ("the
+//! stream has a gap", a Redis-side failure, not the leader's: its relay
+//! may go through). A leader whose lease renewal finds the lease taken
+//! forgets it, and starts no stream on a later want.
 //!
 //! On by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
 //!

@@ -71,10 +71,39 @@ struct Followed {
     writer: Bytes,
     /// The id of the last entry handed over.
     last: String,
+    /// The body bytes handed over: where the leader's next chunk must
+    /// start, and its end's total.
+    expected: u64,
     entries: mpsc::UnboundedSender<StreamEntry>,
     quiet_since: Instant,
     /// The lease was found gone: one more read without an end fails it.
     orphaned: bool,
+}
+
+/// Why a follower fails when its leader's entries are not contiguous: not
+/// the leader's failure, Redis's (or another leader's) doing.
+pub(super) const GAP: &str = "the stream has a gap";
+
+impl Followed {
+    /// `entry` (read from `raw`, the followed leader's) if it continues
+    /// the body exactly where the last chunk ended: a chunk must start
+    /// there, an end must count all the bytes handed over. A chunk or an
+    /// end without its offset (an older writer), or with another, fails
+    /// the stream: entries were lost, and what follows would pass a body
+    /// with a hole for complete.
+    fn contiguous(&mut self, raw: &entry::Raw, entry: StreamEntry) -> StreamEntry {
+        match entry {
+            StreamEntry::Chunk(chunk) if raw.offset == Some(self.expected) => {
+                self.expected += chunk.len() as u64;
+                StreamEntry::Chunk(chunk)
+            }
+            StreamEntry::End(trailers) if raw.offset == Some(self.expected) => {
+                StreamEntry::End(trailers)
+            }
+            StreamEntry::Chunk(_) | StreamEntry::End(_) => StreamEntry::Failed(GAP),
+            failed @ StreamEntry::Failed(_) => failed,
+        }
+    }
 }
 
 impl Readers {
@@ -217,6 +246,7 @@ impl RedisStore {
                     lease,
                     writer,
                     last: first.id,
+                    expected: 0,
                     entries: tx,
                     quiet_since: Instant::now(),
                     orphaned: false,
@@ -363,6 +393,7 @@ fn deliver(readers: &Readers, found: Vec<(String, Vec<entry::Raw>)>) {
             followed.quiet_since = now;
             followed.orphaned = false;
             let Some(entry) = raw.entry() else { continue };
+            let entry = followed.contiguous(&raw, entry);
             ended = !matches!(entry, StreamEntry::Chunk(_));
             let _ = followed.entries.send(entry);
             if ended {
@@ -430,5 +461,151 @@ async fn check_leases(store: &Inner, readers: &Readers) {
             // A failed check proves nothing; the reads will tell.
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower of `writer`'s stream `s`, and what it receives.
+    fn following(readers: &Readers, writer: &str) -> mpsc::UnboundedReceiver<StreamEntry> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        readers.map().insert(
+            "s".to_owned(),
+            Followed {
+                lease: "l".to_owned(),
+                writer: Bytes::from(writer.to_owned()),
+                last: "0-1".to_owned(),
+                expected: 0,
+                entries: tx,
+                quiet_since: Instant::now(),
+                orphaned: false,
+            },
+        );
+        rx
+    }
+
+    fn raw(id: u64, field: &str, value: &[u8], writer: &str, offset: Option<u64>) -> entry::Raw {
+        entry::Raw {
+            id: format!("1-{id}"),
+            field: field.as_bytes().to_vec(),
+            value: Bytes::copy_from_slice(value),
+            writer: Some(Bytes::from(writer.to_owned())),
+            offset,
+        }
+    }
+
+    fn end() -> Vec<u8> {
+        entry::encode_end(None)
+    }
+
+    /// What the follower received, as text: `c:<bytes>`, `e`, `f:<why>`.
+    fn received(rx: &mut mpsc::UnboundedReceiver<StreamEntry>) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(entry) = rx.try_recv() {
+            got.push(match entry {
+                StreamEntry::Chunk(chunk) => format!("c:{}", String::from_utf8_lossy(&chunk)),
+                StreamEntry::End(_) => "e".to_owned(),
+                StreamEntry::Failed(why) => format!("f:{why}"),
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn contiguous_chunks_and_an_end_counting_them_all_pass() {
+        let readers = Readers::default();
+        let mut rx = following(&readers, "tA");
+        let found = vec![(
+            "s".to_owned(),
+            vec![
+                raw(2, "c", b"abc", "tA", Some(0)),
+                // Another leader's entries are skipped, offsets and all.
+                raw(3, "c", b"zzzz", "tB", Some(0)),
+                raw(4, "c", b"de", "tA", Some(3)),
+            ],
+        )];
+        deliver(&readers, found);
+        deliver(
+            &readers,
+            vec![("s".to_owned(), vec![raw(5, "e", &end(), "tA", Some(5))])],
+        );
+        assert_eq!(received(&mut rx), ["c:abc", "c:de", "e"]);
+        assert!(readers.map().is_empty(), "an ended stream is forgotten");
+    }
+
+    #[test]
+    fn a_chunk_lost_from_the_stream_fails_the_follower_never_ends_it_complete() {
+        let readers = Readers::default();
+        let mut rx = following(&readers, "tA");
+        // The chunk at 3..5 is gone (deleted by another leader's `DEL`, or
+        // trimmed): the next one, and the end after it, must not pass.
+        let found = vec![(
+            "s".to_owned(),
+            vec![
+                raw(2, "c", b"abc", "tA", Some(0)),
+                raw(4, "c", b"fg", "tA", Some(5)),
+                raw(5, "e", &end(), "tA", Some(7)),
+            ],
+        )];
+        deliver(&readers, found);
+        assert_eq!(received(&mut rx), ["c:abc", format!("f:{GAP}").as_str()]);
+        assert!(readers.map().is_empty(), "a failed stream is forgotten");
+
+        // The beginning lost: the first chunk read must start at 0.
+        let mut rx = following(&readers, "tA");
+        let found = vec![(
+            "s".to_owned(),
+            vec![
+                raw(4, "c", b"fg", "tA", Some(5)),
+                raw(5, "e", &end(), "tA", Some(7)),
+            ],
+        )];
+        deliver(&readers, found);
+        assert_eq!(received(&mut rx), [format!("f:{GAP}")]);
+    }
+
+    #[test]
+    fn an_end_with_another_total_fails_the_follower() {
+        for total in [Some(2), Some(4), None] {
+            let readers = Readers::default();
+            let mut rx = following(&readers, "tA");
+            let found = vec![(
+                "s".to_owned(),
+                vec![
+                    raw(2, "c", b"abc", "tA", Some(0)),
+                    raw(3, "e", &end(), "tA", total),
+                ],
+            )];
+            deliver(&readers, found);
+            assert_eq!(
+                received(&mut rx),
+                ["c:abc", format!("f:{GAP}").as_str()],
+                "{total:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_without_offsets_are_a_gap() {
+        let readers = Readers::default();
+        let mut rx = following(&readers, "tA");
+        let found = vec![(
+            "s".to_owned(),
+            vec![
+                raw(2, "c", b"abc", "tA", None),
+                raw(3, "e", &end(), "tA", Some(3)),
+            ],
+        )];
+        deliver(&readers, found);
+        assert_eq!(received(&mut rx), [format!("f:{GAP}")]);
+        assert!(readers.map().is_empty());
+
+        // A failure needs no offset: it passes as it is.
+        let mut rx = following(&readers, "tA");
+        let found = vec![("s".to_owned(), vec![raw(2, "f", b"gone", "tA", None)])];
+        deliver(&readers, found);
+        assert_eq!(received(&mut rx), ["f:the leader's body failed"]);
     }
 }

@@ -16,7 +16,7 @@ use tokio::{
     time::{timeout_at, Instant},
 };
 
-use super::entry::{self, CHUNK, END, FAILED, HEAD, WRITER};
+use super::entry::{self, CHUNK, END, FAILED, HEAD, OFFSET, WRITER};
 use crate::{
     key::Key,
     record::Record,
@@ -165,10 +165,16 @@ impl Task {
             .for_each(|chunk| prefix.extend_from_slice(chunk));
         prefix.extend_from_slice(&first.body);
         let mut prefix = prefix.freeze();
-        let mut entries = vec![(HEAD, Bytes::from(head))];
+        let mut entries = vec![(HEAD, Bytes::from(head), None)];
+        // Where the next chunk starts in the body: on every chunk, and the
+        // total on the end, so followers can tell a stream that lost
+        // entries.
+        let mut offset = 0u64;
         while !prefix.is_empty() {
             let piece = prefix.split_to(prefix.len().min(BATCH_BYTES));
-            entries.push((CHUNK, piece));
+            let at = offset;
+            offset += piece.len() as u64;
+            entries.push((CHUNK, piece, Some(at)));
         }
         // A failed append stops the stream here: its followers see no end,
         // and fail when the lease goes or on their idle deadline.
@@ -182,7 +188,7 @@ impl Task {
             .await;
         loop {
             let Some(op) = ops.recv().await else {
-                self.append(&[(FAILED, Bytes::from_static(b"gone"))], Some(GRACE))
+                self.append(&[(FAILED, Bytes::from_static(b"gone"), None)], Some(GRACE))
                     .await;
                 return;
             };
@@ -191,16 +197,19 @@ impl Task {
             let mut entries = Vec::with_capacity(2);
             let too_large = sent > self.limit;
             if too_large {
-                entries.push((FAILED, Bytes::from_static(entry::TOO_LARGE)));
+                entries.push((FAILED, Bytes::from_static(entry::TOO_LARGE), None));
             } else {
                 if !batch.body.is_empty() {
-                    entries.push((CHUNK, batch.body.freeze()));
+                    let at = offset;
+                    offset += batch.body.len() as u64;
+                    entries.push((CHUNK, batch.body.freeze(), Some(at)));
                 }
                 match (&batch.end, batch.gone) {
                     (Some(trailers), _) => {
-                        entries.push((END, Bytes::from(entry::encode_end(trailers.as_ref()))));
+                        let end = Bytes::from(entry::encode_end(trailers.as_ref()));
+                        entries.push((END, end, Some(offset)));
                     }
-                    (None, true) => entries.push((FAILED, Bytes::from_static(b"gone"))),
+                    (None, true) => entries.push((FAILED, Bytes::from_static(b"gone"), None)),
                     (None, false) => {}
                 }
             }
@@ -216,10 +225,15 @@ impl Task {
         }
     }
 
-    /// Appends `entries` in one round trip, with the stream's expiry:
+    /// Appends `entries` (field, value, and where in the body a chunk
+    /// starts or an end's total) in one round trip, with the stream's expiry:
     /// `expire` when given (the end), else the stream TTL, pushed back only
     /// once a quarter of it has passed. Returns whether it worked.
-    async fn append(&mut self, entries: &[(&str, Bytes)], expire: Option<Duration>) -> bool {
+    async fn append(
+        &mut self,
+        entries: &[(&str, Bytes, Option<u64>)],
+        expire: Option<Duration>,
+    ) -> bool {
         let ttl = self.inner.settings.stream_ttl;
         let now = Instant::now();
         let expire = expire.or_else(|| {
@@ -235,15 +249,19 @@ impl Task {
             // not this answer.
             pipe.cmd("DEL").arg(&self.name).ignore();
         }
-        for (field, value) in entries {
-            pipe.cmd("XADD")
+        for (field, value, offset) in entries {
+            let xadd = pipe
+                .cmd("XADD")
                 .arg(&self.name)
                 .arg("*")
                 .arg(*field)
                 .arg(value.as_ref())
                 .arg(WRITER)
-                .arg(&self.writer)
-                .ignore();
+                .arg(&self.writer);
+            if let Some(offset) = offset {
+                xadd.arg(OFFSET).arg(offset.to_string());
+            }
+            xadd.ignore();
         }
         if let Some(expire) = expire {
             pipe.cmd("PEXPIRE")
