@@ -276,9 +276,12 @@ pub(in crate::store::redis) async fn read_streams(
     let mut blocking: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
-        // Sleep while nobody follows anything.
+        // Sleep while nobody follows anything, without a connection: one
+        // kept idle would hold a Redis client (and its driver task) for as
+        // long as the store lives.
         let changed = readers.changed.notified();
         if readers.map().is_empty() {
+            blocking = None;
             changed.await;
             continue;
         }
