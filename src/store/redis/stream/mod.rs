@@ -37,7 +37,7 @@
 //! may go through). A leader whose lease renewal finds the lease taken
 //! forgets it, and starts no stream on a later want.
 //!
-//! Off by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)): see there why.
+//! On by default ([`streams`](crate::store::redis::RedisStoreBuilder::streams)).
 //!
 //! A stream is only written for an answer that may be shared and stored:
 //! a `private` or oversized answer never reaches Redis, and its waiters are
