@@ -514,8 +514,9 @@ fn exists(server: &RedisServer, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_remote_follower_a_streamed_answer_writes_no_stream() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    // Streams are on by default: the builder is not asked for them.
+    let a = instance(crate::store(&server.url())).await;
+    let b = instance(crate::store(&server.url())).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner.clone());
     let stream = stream_of(&a, "stream me").await;

