@@ -416,16 +416,15 @@ fn too_long() -> BoxError {
     "the remote stream failed, and the call in its place answered another length".into()
 }
 
-/// Whether a remote stream failed because of its leader (its upstream body
-/// failed or grew past the limit, its process died or lost its lease): a
-/// failure its followers share, as local followers share their leader's.
-/// The others are Redis's (it failed, stopped answering, lost the stream or
-/// held garbage), which a follower gets around by going through.
+/// Whether a remote stream failed because its leader's upstream body
+/// failed: a failure its followers share, as local followers share their
+/// leader's. The others a follower gets around by going through (with its
+/// prefix check): Redis failed, stopped answering, lost the stream or held
+/// garbage; the answer outgrew the stream; or the leader's lease went
+/// without an end, which a leader that died and a Redis that lost its keys
+/// (killed, restarted empty) look the same by.
 fn leaders_failure(why: &str) -> bool {
-    matches!(
-        why,
-        "the leader's body failed" | "the leader went away mid-stream"
-    )
+    why == "the leader's body failed"
 }
 
 /// A remote stream relayed into this instance's flight: what the relay

@@ -378,7 +378,7 @@ async fn a_fresh_answer_that_does_not_continue_the_forwarded_bytes_ends_the_body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_dies_mid_stream_fails_its_remote_follower_which_does_not_go_through() {
+async fn a_leader_that_dies_mid_stream_sends_its_remote_follower_through() {
     let server = RedisServer::start();
     let (inner_a, calls_a, feed) = fed();
     let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
@@ -417,19 +417,21 @@ async fn a_leader_that_dies_mid_stream_fails_its_remote_follower_which_does_not_
     runtime_a.shutdown_background();
     let followed = drain(follower, b"data: 1\n\n").await;
     eprintln!(
-        "the remote follower failed {:?} after the leader died",
+        "the remote follower went through {:?} after the leader died",
         died.elapsed()
     );
-    assert!(followed.ended.is_err(), "{followed:?}");
-    assert_eq!(followed.bytes, "data: 1\n\n");
+    // A lease gone without an end looks the same whether the leader died
+    // or Redis lost its keys: B goes through, and its fresh answer, which
+    // repeats what was forwarded, completes the body.
+    assert!(followed.ended.is_ok(), "{followed:?}");
+    assert_eq!(followed.bytes, FULL);
     assert!(died.elapsed() < DEADLINE);
     drop(leader);
-    // B did not go through: the leader's failure is its followers'.
-    assert_eq!((calls_a.get(), calls_b.get()), (1, 0));
+    assert_eq!((calls_a.get(), calls_b.get()), (1, 1));
     let stats = b.stats();
     assert_eq!(
         (stats.upstream_calls, stats.misses, stats.coalesced),
-        (0, 0, 1)
+        (1, 1, 0)
     );
     assert_eq!(stats.bytes_saved, 0);
 }

@@ -184,11 +184,12 @@ impl RedisStoreBuilder {
     ///
     /// The trade-off: a waiter elsewhere gets the first bytes as soon as
     /// the leader does, but once it has forwarded the head it cannot take
-    /// them back. If Redis fails mid-stream, or an answer of unknown length
-    /// grows past the response limit, it goes through itself and continues
+    /// them back. If Redis fails mid-stream, the leader dies (its lease goes
+    /// without an end), or an answer of unknown length grows past the
+    /// response limit, it goes through itself and continues
     /// its caller's body only if the fresh answer starts with exactly the
-    /// bytes forwarded; otherwise, or if the leader's own body fails or the
-    /// leader dies, its body ends with an error (never a truncated or
+    /// bytes forwarded; otherwise, or if the leader's own upstream body
+    /// fails, its body ends with an error (never a truncated or
     /// spliced body passed off as complete) where, without streams, it would
     /// have waited and then gone through. Behind the reqwest middleware a
     /// follower cannot go through once it has answered: there Redis failing
