@@ -24,6 +24,7 @@ use super::{
     key::Job,
     observe::Outcome,
     respond::{in_flight, key_reused},
+    tee::fresh_record,
     upstream::{Answer, Pending, Upstream},
     Engine,
 };
@@ -127,7 +128,8 @@ impl Engine {
 impl Engine {
     /// Follows the answer another instance streams: its head now, its body
     /// as it arrives, relayed through this instance's flight so that local
-    /// followers share it too. Nothing is stored here: the leader stores.
+    /// followers share it too. The remote leader stores its answer; this
+    /// instance keeps one only if it has to go through itself.
     async fn follow_remote<B, U>(
         self: Arc<Self>,
         leader: Leader,
@@ -290,8 +292,9 @@ impl Engine {
     /// if it has the same status, content type and encoding, and starts
     /// with exactly those bytes, and then ends where it ends (at the length
     /// the head announced, if it did). Anything else ends the body with an error: a
-    /// spliced body never passes for complete. Nothing of it is stored: the
-    /// remote leader stores its own answer, or nobody does.
+    /// spliced body never passes for complete. A fresh answer that may be
+    /// stored is kept in L1, not in the shared store: the remote leader
+    /// stores its own answer there, or nobody does.
     async fn fall_back<F, RB, E>(
         &self,
         mut leader: Leader,
@@ -338,7 +341,8 @@ impl Engine {
         let mut usage = UsageReader::new(&head.headers);
         let mut received = 0u64;
         let mut trailers = None;
-        let mut body = pin!(response.into_body());
+        let (parts, body) = response.into_parts();
+        let mut body = pin!(body);
         loop {
             // As the leader's recording task does: readers that make no
             // room for the idle timeout are dropped.
@@ -383,10 +387,32 @@ impl Engine {
         if head.content_length.is_some_and(|len| received != len) {
             return leader.fail(too_long());
         }
+        let (recorded, _) = leader.recorded();
+        let mut meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
+        meta.vary = head.vary_digest;
+        // This instance paid for the call: it keeps the answer, as its own
+        // leader would, so that a duplicate arriving here later is a hit
+        // while Redis is still failing. In L1 only: the shared store is the
+        // remote leader's to fill. Stored before the readers see the end,
+        // as a leader stores.
+        let terms = self.terms(&parts, Some(received), job);
+        // The head's `Vary` digest holds for the values this request sent
+        // only if the fresh answer varies on the same headers.
+        if let (Some(body), true, true) = (recorded, terms.storable, terms.vary == head.vary) {
+            let headers = policy::shareable_headers(&parts.headers);
+            let record = fresh_record(
+                head,
+                headers,
+                body,
+                trailers.as_ref(),
+                meta.clone(),
+                job.ttl,
+            );
+            self.l1.insert(job.key, Arc::new(record)).await;
+            self.count_stored();
+        }
         // The local followers that joined this request's flight saved a
         // call each.
-        let body = usage.needs_body().then(|| leader.recorded().0).flatten();
-        let meta = usage.finish(model, body.as_ref(), job.fingerprint);
         let followers = leader.settle(Arc::new(meta.clone()), received);
         self.count_savings(&meta, received, followers);
         leader.complete(trailers);

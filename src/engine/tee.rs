@@ -163,23 +163,16 @@ impl Engine {
         // Store before the readers see the end: whoever has had the last
         // byte and asks again finds the entry.
         let (recorded, received) = leader.recorded();
-        let now = now_millis();
         let mut meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
         meta.vary = head.vary_digest;
-        let record = Record {
-            status: head.status,
-            version: head.version,
-            headers: head.shared_headers.clone(),
-            body: recorded.clone().unwrap_or_default(),
-            // Copies, like the headers: a value may be a slice of the
-            // connection's read buffer.
-            trailers: trailers.as_ref().map(policy::shareable_headers),
-            created_at: now,
-            expires_at: now.saturating_add(u64::try_from(job.ttl.as_millis()).unwrap_or(u64::MAX)),
-            meta: meta.encode(),
-            info: meta,
-        };
-        let record = Arc::new(record);
+        let record = Arc::new(fresh_record(
+            &head,
+            head.shared_headers.clone(),
+            recorded.clone().unwrap_or_default(),
+            trailers.as_ref(),
+            meta,
+            job.ttl,
+        ));
         let stored = match recorded {
             Some(_) if head.storable => {
                 self.l1.insert(job.key, Arc::clone(&record)).await;
@@ -214,23 +207,19 @@ impl Engine {
     /// its head as they will get it (shareable headers, the `Vary` digest,
     /// the `Idempotency-Key` fingerprint), capped by the response limit.
     fn stream_writer(&self, job: &Job, head: &Head, lease: &Lease) -> Option<StreamWriter> {
-        let now = now_millis();
         let meta = Meta {
             fingerprint: job.fingerprint,
             vary: head.vary_digest,
             ..Meta::default()
         };
-        let record = Record {
-            status: head.status,
-            version: head.version,
-            headers: head.shared_headers.clone(),
-            body: Bytes::new(),
-            trailers: None,
-            created_at: now,
-            expires_at: now.saturating_add(u64::try_from(job.ttl.as_millis()).unwrap_or(u64::MAX)),
-            meta: meta.encode(),
-            info: meta,
-        };
+        let record = fresh_record(
+            head,
+            head.shared_headers.clone(),
+            Bytes::new(),
+            None,
+            meta,
+            job.ttl,
+        );
         let limit = self.config.max_response_body as u64;
         self.l2
             .stream_writer(&job.ns, &job.key, &record, limit, lease)
@@ -247,6 +236,33 @@ impl Engine {
         request: &HeaderMap,
     ) -> Head {
         let content_length = policy::content_length(&parts.headers).or(exact);
+        let Terms {
+            vary,
+            shareable,
+            storable,
+        } = self.terms(&parts, content_length, job);
+        Head {
+            status: parts.status,
+            version: parts.version,
+            shared_headers: policy::shareable_headers(&parts.headers),
+            headers: parts.headers,
+            content_length,
+            storable,
+            promised: false,
+            shareable,
+            vary_digest: vary.digest(request),
+            vary,
+        }
+    }
+
+    /// Whether an upstream answer may be shared and stored, and what it
+    /// varies on, from its head.
+    pub(super) fn terms(
+        &self,
+        parts: &response::Parts,
+        content_length: Option<u64>,
+        job: &Job,
+    ) -> Terms {
         // In `Idempotency-Key` mode the key contract wins: the answer is the
         // one a retry with the same key (and the same credentials, which
         // scope the key) must get, whatever its cache directives say, so it
@@ -262,19 +278,45 @@ impl Engine {
         let storable = !forbidden
             && !job.ttl.is_zero()
             && content_length.is_none_or(|len| len <= self.config.max_response_body as u64)
-            && self.config.store_if.should_store(&parts);
-        Head {
-            status: parts.status,
-            version: parts.version,
-            shared_headers: policy::shareable_headers(&parts.headers),
-            headers: parts.headers,
-            content_length,
-            storable,
-            promised: false,
-            shareable: !forbidden,
-            vary_digest: vary.digest(request),
+            && self.config.store_if.should_store(parts);
+        Terms {
             vary,
+            shareable: !forbidden,
+            storable,
         }
+    }
+}
+
+/// Whether an answer may be shared and stored: see [`Engine::terms`].
+pub(super) struct Terms {
+    pub(super) vary: Vary,
+    pub(super) shareable: bool,
+    pub(super) storable: bool,
+}
+
+/// The record of an answer produced now with `head`'s status and version,
+/// kept for `ttl`.
+pub(super) fn fresh_record(
+    head: &Head,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<&HeaderMap>,
+    meta: Meta,
+    ttl: Duration,
+) -> Record {
+    let now = now_millis();
+    Record {
+        status: head.status,
+        version: head.version,
+        headers,
+        body,
+        // Copies, like the headers: a value may be a slice of the
+        // connection's read buffer.
+        trailers: trailers.map(policy::shareable_headers),
+        created_at: now,
+        expires_at: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        meta: meta.encode(),
+        info: meta,
     }
 }
 

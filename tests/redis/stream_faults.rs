@@ -170,7 +170,6 @@ fn collapsed<B>(response: &Response<B>) -> bool {
 /// What became of a remote follower (and a local follower of it) when
 /// Redis failed under them.
 struct Failed {
-    b: IdempotencyLayer,
     /// The remote follower's body, and how long it took to end once Redis
     /// failed.
     follower: Read,
@@ -180,6 +179,13 @@ struct Failed {
     leader: Read,
     calls_a: usize,
     calls_b: usize,
+    /// B's L1 entries and statistics once the three requests above had
+    /// ended.
+    stored_b: u64,
+    stats_b: tower_idempotency::Stats,
+    /// A third request on B, sent once the others had ended, Redis still
+    /// failed: its `cache-status`, its body, and B's upstream calls after it.
+    later: (String, Read, usize),
     server: RedisServer,
 }
 
@@ -216,14 +222,22 @@ async fn redis_fails_mid_stream(
     feed.data("data: 3\n\n");
     drop(feed);
     let leader = drain(leader.into_body(), b"").await;
+    let calls_b_before = calls_b.get();
+    let stored_b = b.l1_usage().await.0;
+    let stats_b = b.stats();
+    let later = open(&service_b, QUESTION).await;
+    let status = later.headers()["cache-status"].to_str().unwrap().to_owned();
+    let later = (status, drain(later.into_body(), b"").await, calls_b.get());
     Failed {
-        b,
         follower,
         took,
         local,
         leader,
         calls_a: calls_a.get(),
-        calls_b: calls_b.get(),
+        calls_b: calls_b_before,
+        stored_b,
+        stats_b,
+        later,
         server,
     }
 }
@@ -266,14 +280,23 @@ async fn redis_killed_mid_stream_a_remote_follower_goes_through_and_completes_by
 
     // The follower that went through is an upstream call, and saved
     // nothing; the local follower of its flight saved a call.
-    let stats = failed.b.stats();
+    let stats = &failed.stats_b;
     assert_eq!(stats.upstream_calls, 1);
     assert_eq!(stats.misses, 1);
     assert_eq!(stats.coalesced, 1);
     assert_eq!(stats.calls_saved, 1);
     assert_eq!(stats.bytes_saved, FULL.len() as u64);
-    // B stored nothing of it: A stores its own answer, or nobody does.
-    assert_eq!(failed.b.l1_usage().await.0, 0);
+    // B paid for a call, and keeps its answer as its own leader would: a
+    // duplicate arriving later, Redis still down, is a hit, not a second
+    // call (in the cluster soak, one instance calling twice for a request).
+    let (status, later, calls_b) = &failed.later;
+    assert!(
+        status.starts_with("tower-idempotency; hit"),
+        "{status} {later:?}"
+    );
+    assert_eq!(later.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
+    assert_eq!(*calls_b, 1);
+    assert_eq!(failed.stored_b, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +328,10 @@ async fn redis_paused_mid_stream_a_remote_follower_goes_through_within_a_deadlin
         Some(FULL.as_bytes())
     );
     assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
-    assert_eq!(failed.b.l1_usage().await.0, 0);
+    let (status, later, calls_b) = &failed.later;
+    assert!(status.starts_with("tower-idempotency; hit"), "{status}");
+    assert_eq!(later.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
+    assert_eq!(*calls_b, 1);
     failed.server.resume();
 }
 
@@ -367,8 +393,12 @@ async fn a_fresh_answer_that_does_not_continue_the_forwarded_bytes_ends_the_body
             "{case}"
         );
         assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{case}");
-        assert_eq!(failed.b.l1_usage().await.0, 0, "{case}: B stored something");
-        let stats = failed.b.stats();
+        assert_eq!(failed.stored_b, 0, "{case}: B stored something");
+        // So a duplicate sent later goes through, and gets the fresh answer.
+        let (status, _, calls_b) = &failed.later;
+        assert!(!status.contains("hit"), "{case}: {status}");
+        assert_eq!(*calls_b, 2, "{case}");
+        let stats = &failed.stats_b;
         assert_eq!(
             (stats.upstream_calls, stats.coalesced, stats.bytes_saved),
             (1, 1, 0),
@@ -625,11 +655,12 @@ async fn stress_redis_failing_under_remote_followers_at_random_points() {
         assert_eq!((calls_a.get(), calls_b.get()), (1, 1), "round {round}");
     }
     eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
-    // Every remote follower went through, and none counted as coalesced.
+    // Every remote follower went through, and none counted as coalesced;
+    // each kept the answer it paid for.
     let stats = b.stats();
     assert_eq!(stats.upstream_calls, ROUNDS as u64);
     assert_eq!(stats.coalesced, 0);
-    assert_eq!(b.l1_usage().await.0, 0);
+    assert_eq!(b.l1_usage().await.0, ROUNDS as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,10 +754,9 @@ async fn a_fresh_answer_with_another_validator_or_private_does_not_continue_the_
             failed.follower.bytes
         );
         assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{header:?}");
-        assert_eq!(
-            failed.b.l1_usage().await.0,
-            0,
-            "{header:?}: B stored something"
-        );
+        assert_eq!(failed.stored_b, 0, "{header:?}: B stored something");
+        let (status, _, calls_b) = &failed.later;
+        assert!(!status.contains("hit"), "{header:?}: {status}");
+        assert_eq!(*calls_b, 2, "{header:?}");
     }
 }
