@@ -3,7 +3,7 @@
 //! them ([`Job`]); and which request headers the key covers, for the `Vary`
 //! of what it finds.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{request, HeaderMap, HeaderName};
 
@@ -23,7 +23,7 @@ use crate::{
 pub(crate) struct Job {
     pub(super) key: Key,
     /// The namespace's tag in the shared store.
-    pub(super) ns: String,
+    pub(super) ns: Arc<str>,
     pub(super) ttl: Duration,
     /// In `Idempotency-Key` mode: the payload's content key.
     pub(super) fingerprint: Option<Key>,

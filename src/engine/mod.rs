@@ -126,7 +126,7 @@ pub(crate) struct Engine {
     l1: MemoryStore,
     l2: L2,
     /// The default namespace's tag in the shared store.
-    ns: String,
+    ns: Arc<str>,
     flights: Arc<Flights>,
     /// Raw digests of requests keyed before, and their keys.
     aliases: Aliases,
@@ -143,7 +143,7 @@ impl Engine {
         let l2 = L2::new(config.l2.clone(), &l1);
         Self {
             l1,
-            ns: l2.tag(&config.key.namespace),
+            ns: l2.tag(&config.key.namespace).into(),
             l2,
             flights: Arc::new(Flights::new(config.max_recording_bytes)),
             aliases: Aliases::default(),
@@ -188,7 +188,7 @@ impl Engine {
 
     pub(crate) async fn purge(&self, namespace: Option<&str>, key: &Key) {
         self.l1.remove(key).await;
-        let ns = namespace.map_or_else(|| self.ns.clone(), |ns| self.l2.tag(ns));
+        let ns = namespace.map_or_else(|| self.ns.clone(), |ns| self.l2.tag(ns).into());
         self.l2.purge(&ns, key).await;
     }
 
@@ -269,7 +269,7 @@ impl Engine {
             Err(error) => return Ok(self.reject(error)),
         };
         let ns = match &plan.namespace {
-            Some(namespace) => self.l2.tag(namespace),
+            Some(namespace) => self.l2.tag(namespace).into(),
             None => self.ns.clone(),
         };
         let explained = plan.explain.then(|| {
