@@ -12,6 +12,7 @@ mod leases;
 mod limits;
 mod sharing;
 mod stream_faults;
+mod stream_support;
 mod streams;
 
 use std::time::Duration;

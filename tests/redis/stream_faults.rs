@@ -4,24 +4,18 @@
 //! else ends its body with an error. The leader's own death still ends it
 //! with an error, without going through.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::time::timeout;
 use tower::{Layer, ServiceExt};
-use tower_idempotency::{
-    Idempotency, IdempotencyLayer, RedisStore, RedisStoreBuilder, ResponseBody,
-};
+use tower_idempotency::{Idempotency, IdempotencyLayer, RedisStoreBuilder, ResponseBody};
 
-use crate::{entry_name, key_of, support::*};
+use crate::{entry_name, key_of, stream_support::*, support::*};
 use redis_server::{RedisCluster, RedisServer};
 
-const PATIENCE: Duration = Duration::from_secs(10);
 /// How soon a follower must go through once Redis fails under it: a
 /// bound against a hang, not a speed (it takes well under a second).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -49,31 +43,10 @@ fn chat(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn sse(status: u16, body: TestBody) -> Response<TestBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
-    response
-}
-
 /// Instance A's upstream: its first call streams what the test feeds;
 /// later calls answer `fresh #<call>` at once.
 fn fed() -> (impl TestService, Calls, Feed) {
-    let (feed, body) = channel_body();
-    let body = Arc::new(Mutex::new(Some(body)));
-    let (service, calls) = upstream(move |seen: Seen| {
-        let body = body.lock().unwrap().take();
-        async move {
-            match body {
-                Some(body) => sse(200, body.boxed()),
-                None => respond(200, format!("fresh #{}", seen.call)),
-            }
-        }
-    });
-    (service, calls, feed)
+    streaming(SSE)
 }
 
 /// Instance B's upstream: every call answers `status` with `pieces`, one
@@ -152,19 +125,15 @@ where
     }
 }
 
-async fn next_chunk<B>(body: &mut B) -> Bytes
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    timeout(PATIENCE, next_data(body))
-        .await
-        .expect("a chunk in time")
-        .expect("a chunk")
-}
-
-fn collapsed<B>(response: &Response<B>) -> bool {
-    response.headers()["cache-status"] == "tower-idempotency; fwd=uri-miss; collapsed"
+/// Asserts `read` ended well, with exactly `expected`; `what` names it in
+/// the failure.
+#[track_caller]
+fn assert_complete(read: &Read, expected: impl AsRef<[u8]>, what: &str) {
+    assert_eq!(
+        read.complete().map(|b| &b[..]),
+        Some(expected.as_ref()),
+        "{what}: {read:?}"
+    );
 }
 
 /// What became of a remote follower (and a local follower of it) when
@@ -198,8 +167,7 @@ async fn redis_fails_mid_stream(
     calls_b: Calls,
 ) -> Failed {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     let (inner_a, calls_a, feed) = fed();
     let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
     let leader = open(&service_a, QUESTION).await;
@@ -242,6 +210,35 @@ async fn redis_fails_mid_stream(
     }
 }
 
+/// Asserts the remote follower went through within the `DEADLINE` of
+/// Redis failing (`after` names the failure in a line that says how soon),
+/// and every caller got the whole answer: the follower, its local follower,
+/// the leader, and a later duplicate on B, as a hit. Each instance called
+/// its upstream once.
+#[track_caller]
+fn went_through_and_completed(failed: &Failed, after: &str) {
+    eprintln!(
+        "the remote follower completed {:?} after {after}",
+        failed.took
+    );
+    assert!(
+        failed.took < DEADLINE,
+        "went through after {:?}",
+        failed.took
+    );
+    assert_complete(&failed.follower, FULL, "the remote follower");
+    assert_complete(&failed.local, FULL, "its local follower");
+    assert_complete(&failed.leader, FULL, "the leader");
+    assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
+    let (status, later, calls_b) = &failed.later;
+    assert!(
+        status.starts_with("tower-idempotency; hit"),
+        "{status} {later:?}"
+    );
+    assert_complete(later, FULL, "a later duplicate");
+    assert_eq!(*calls_b, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_stream_a_remote_follower_goes_through_and_completes_byte_identical() {
     // B's upstream answers the same bytes, cut differently.
@@ -251,32 +248,7 @@ async fn redis_killed_mid_stream_a_remote_follower_goes_through_and_completes_by
         false,
     );
     let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
-    eprintln!(
-        "the remote follower completed {:?} after the kill",
-        failed.took
-    );
-    assert!(
-        failed.took < DEADLINE,
-        "went through after {:?}",
-        failed.took
-    );
-    assert_eq!(
-        failed.follower.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes()),
-        "{:?}",
-        failed.follower
-    );
-    assert_eq!(
-        failed.local.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes()),
-        "{:?}",
-        failed.local
-    );
-    assert_eq!(
-        failed.leader.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes())
-    );
-    assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
+    went_through_and_completed(&failed, "the kill");
 
     // The follower that went through is an upstream call, and saved
     // nothing; the local follower of its flight saved a call.
@@ -286,16 +258,10 @@ async fn redis_killed_mid_stream_a_remote_follower_goes_through_and_completes_by
     assert_eq!(stats.coalesced, 1);
     assert_eq!(stats.calls_saved, 1);
     assert_eq!(stats.bytes_saved, FULL.len() as u64);
-    // B paid for a call, and keeps its answer as its own leader would: a
-    // duplicate arriving later, Redis still down, is a hit, not a second
-    // call (in the cluster soak, one instance calling twice for a request).
-    let (status, later, calls_b) = &failed.later;
-    assert!(
-        status.starts_with("tower-idempotency; hit"),
-        "{status} {later:?}"
-    );
-    assert_eq!(later.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
-    assert_eq!(*calls_b, 1);
+    // B paid for a call, and keeps its answer as its own leader would: the
+    // duplicate that arrived later, Redis still down, was a hit, not a
+    // second call (in the cluster soak, one instance calling twice for a
+    // request).
     assert_eq!(failed.stored_b, 1);
 }
 
@@ -304,35 +270,36 @@ async fn redis_paused_mid_stream_a_remote_follower_goes_through_within_a_deadlin
     let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
     let failed = redis_fails_mid_stream(RedisServer::pause, inner_b, calls_b).await;
     // Not a hang: the follower went through while Redis is still paused.
-    eprintln!(
-        "the remote follower completed {:?} after the pause",
-        failed.took
-    );
+    went_through_and_completed(&failed, "the pause");
+    failed.server.resume();
+}
+
+/// Asserts the fresh answer did not continue the forwarded bytes: the
+/// follower's and its local follower's bodies ended with an error, after
+/// a prefix of the whole answer; each instance called its upstream once,
+/// B stored nothing, and so a later duplicate on B went through (`case`
+/// names the case in the failure).
+#[track_caller]
+fn not_continued(failed: &Failed, case: &str) {
     assert!(
-        failed.took < DEADLINE,
-        "went through after {:?}",
-        failed.took
-    );
-    assert_eq!(
-        failed.follower.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes()),
-        "{:?}",
+        failed.follower.ended.is_err(),
+        "{case}: {:?}",
         failed.follower
     );
-    assert_eq!(
-        failed.local.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes())
+    assert!(failed.local.ended.is_err(), "{case}: {:?}", failed.local);
+    // What the callers got is the forwarded prefix, then what the fresh
+    // answer continued it with before it went wrong: never a spliced body.
+    assert!(
+        FULL.as_bytes().starts_with(&failed.follower.bytes),
+        "{case}: {:?}",
+        failed.follower.bytes
     );
-    assert_eq!(
-        failed.leader.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes())
-    );
-    assert_eq!((failed.calls_a, failed.calls_b), (1, 1));
-    let (status, later, calls_b) = &failed.later;
-    assert!(status.starts_with("tower-idempotency; hit"), "{status}");
-    assert_eq!(later.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
-    assert_eq!(*calls_b, 1);
-    failed.server.resume();
+    assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{case}");
+    assert_eq!(failed.stored_b, 0, "{case}: B stored something");
+    // So a duplicate sent later goes through, and gets the fresh answer.
+    let (status, _, calls_b) = &failed.later;
+    assert!(!status.contains("hit"), "{case}: {status}");
+    assert_eq!(*calls_b, 2, "{case}");
 }
 
 /// Every fresh answer that does not continue exactly what was forwarded:
@@ -371,33 +338,10 @@ async fn a_fresh_answer_that_does_not_continue_the_forwarded_bytes_ends_the_body
     for (case, status, answer, fails) in cases {
         let (inner_b, calls_b) = answering(status, pieces(answer), fails);
         let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
-        assert!(
-            failed.follower.ended.is_err(),
-            "{case}: {:?}",
-            failed.follower
-        );
-        assert!(failed.local.ended.is_err(), "{case}: {:?}", failed.local);
-        // What the callers got is the forwarded prefix, then what the
-        // fresh answer continued it with before it went wrong: never a
-        // spliced body.
-        assert!(
-            FULL.as_bytes().starts_with(&failed.follower.bytes),
-            "{case}: {:?}",
-            failed.follower.bytes
-        );
+        not_continued(&failed, case);
         assert_eq!(failed.local.bytes, failed.follower.bytes, "{case}");
         assert!(failed.took < DEADLINE, "{case}: {:?}", failed.took);
-        assert_eq!(
-            failed.leader.complete().map(|b| &b[..]),
-            Some(FULL.as_bytes()),
-            "{case}"
-        );
-        assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{case}");
-        assert_eq!(failed.stored_b, 0, "{case}: B stored something");
-        // So a duplicate sent later goes through, and gets the fresh answer.
-        let (status, _, calls_b) = &failed.later;
-        assert!(!status.contains("hit"), "{case}: {status}");
-        assert_eq!(*calls_b, 2, "{case}");
+        assert_complete(&failed.leader, FULL, case);
         let stats = &failed.stats_b;
         assert_eq!(
             (stats.upstream_calls, stats.coalesced, stats.bytes_saved),
@@ -412,30 +356,12 @@ async fn a_leader_that_dies_mid_stream_sends_its_remote_follower_through() {
     let server = RedisServer::start();
     let (inner_a, calls_a, feed) = fed();
     let (inner_b, calls_b) = answering(200, pieces(&[FULL]), false);
-    // Instance A in a runtime of its own: shutting it down is the process
-    // dying, lease, stream writer and all.
-    let runtime_a = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = server.url();
-    let leader = runtime_a
-        .spawn(async move {
-            let a = IdempotencyLayer::builder()
-                .redis(
-                    store(&url)
-                        .lease(Duration::from_millis(600))
-                        .connect()
-                        .await
-                        .unwrap(),
-                )
-                .build();
-            let response = a.layer(inner_a).oneshot(chat(QUESTION)).await.unwrap();
-            (a, response)
-        })
-        .await
-        .unwrap();
+    let (runtime_a, leader) = leader_in_a_runtime_of_its_own(
+        store(&server.url()).lease(Duration::from_millis(600)),
+        inner_a,
+        chat(QUESTION),
+    )
+    .await;
     feed.data("data: 1\n\n");
     let b = instance(store(&server.url())).await;
     let follower = open(&b.layer(inner_b), QUESTION).await;
@@ -482,8 +408,7 @@ async fn a_remote_followers_savings_count_unless_it_went_through() {
 
     for goes_through in [false, true] {
         let server = RedisServer::start();
-        let a = instance(store(&server.url())).await;
-        let b = instance(store(&server.url())).await;
+        let (a, b) = instances(&server, store).await;
         let (inner_a, calls_a, feed) = fed();
         let (inner_b, calls_b) = answering(200, vec![Bytes::from_static(STREAM)], false);
         let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
@@ -506,11 +431,7 @@ async fn a_remote_followers_savings_count_unless_it_went_through() {
         let local = drain(local.into_body(), b"").await;
         let leader = drain(leader.into_body(), b"").await;
         for read in [&follower, &local, &leader] {
-            assert_eq!(
-                read.complete().map(|b| &b[..]),
-                Some(STREAM),
-                "{goes_through}"
-            );
+            assert_complete(read, STREAM, &format!("{goes_through}"));
         }
         assert_eq!(
             (calls_a.get(), calls_b.get()),
@@ -552,8 +473,7 @@ async fn a_remote_followers_savings_count_unless_it_went_through() {
 async fn stress_redis_failing_under_remote_followers_at_random_points() {
     const ROUNDS: usize = 200;
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     let mut redis = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -646,12 +566,8 @@ async fn stress_redis_failing_under_remote_followers_at_random_points() {
         drop(feed);
         let follower = drain(follower, &got).await;
         let leader = drain(leader.into_body(), b"").await;
-        assert_eq!(
-            follower.complete().map(|b| &b[..]),
-            Some(full.as_bytes()),
-            "round {round}: {follower:?}"
-        );
-        assert_eq!(leader.complete().map(|b| &b[..]), Some(full.as_bytes()));
+        assert_complete(&follower, &full, &format!("round {round}"));
+        assert_complete(&leader, &full, "the leader");
         assert_eq!((calls_a.get(), calls_b.get()), (1, 1), "round {round}");
     }
     eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
@@ -666,18 +582,8 @@ async fn stress_redis_failing_under_remote_followers_at_random_points() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_the_master_of_the_key_killed_mid_stream_a_remote_follower_goes_through() {
     let cluster = RedisCluster::start();
-    let connect = || async {
-        let redis = RedisStore::cluster_builder(cluster.urls())
-            .streams(true)
-            .poll_interval(Duration::from_secs(5))
-            .timeout(Duration::from_millis(500))
-            .write_timeout(Duration::from_millis(200))
-            .connect()
-            .await
-            .unwrap();
-        IdempotencyLayer::builder().redis(redis).build()
-    };
-    let (a, b) = (connect().await, connect().await);
+    let redis = || cluster_store(&cluster).write_timeout(Duration::from_millis(200));
+    let (a, b) = (instance(redis()).await, instance(redis()).await);
     let key = key_of(&a, &chat(QUESTION)).await;
     let master = cluster.master_of(cluster.keyslot(&entry_name("", &key)), 0);
 
@@ -700,15 +606,11 @@ async fn on_a_cluster_the_master_of_the_key_killed_mid_stream_a_remote_follower_
         killed.elapsed()
     );
     assert!(killed.elapsed() < DEADLINE);
-    assert_eq!(
-        followed.complete().map(|b| &b[..]),
-        Some(FULL.as_bytes()),
-        "{followed:?}"
-    );
+    assert_complete(&followed, FULL, "the remote follower");
     feed.data("data: 2\n\ndata: 3\n\n");
     drop(feed);
     let leader = drain(leader.into_body(), b"").await;
-    assert_eq!(leader.complete().map(|b| &b[..]), Some(FULL.as_bytes()));
+    assert_complete(&leader, FULL, "the leader");
     assert_eq!((calls_a.get(), calls_b.get()), (1, 1));
 }
 
@@ -738,25 +640,6 @@ async fn a_fresh_answer_with_another_validator_or_private_does_not_continue_the_
     ] {
         let (inner_b, calls_b) = answering_with(header);
         let failed = redis_fails_mid_stream(RedisServer::kill, inner_b, calls_b).await;
-        assert!(
-            failed.follower.ended.is_err(),
-            "{header:?}: {:?}",
-            failed.follower
-        );
-        assert!(
-            failed.local.ended.is_err(),
-            "{header:?}: {:?}",
-            failed.local
-        );
-        assert!(
-            FULL.as_bytes().starts_with(&failed.follower.bytes),
-            "{header:?}: {:?}",
-            failed.follower.bytes
-        );
-        assert_eq!((failed.calls_a, failed.calls_b), (1, 1), "{header:?}");
-        assert_eq!(failed.stored_b, 0, "{header:?}: B stored something");
-        let (status, _, calls_b) = &failed.later;
-        assert!(!status.contains("hit"), "{header:?}: {status}");
-        assert_eq!(*calls_b, 2, "{header:?}");
+        not_continued(&failed, &format!("{header:?}"));
     }
 }

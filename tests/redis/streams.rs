@@ -3,6 +3,7 @@
 //! body passed off as complete.
 
 use std::{
+    ops::Range,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -10,16 +11,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
-use tokio::time::timeout;
+use tokio::{task::JoinHandle, time::timeout};
 use tower::{Layer, ServiceExt};
-use tower_idempotency::{
-    Idempotency, IdempotencyLayer, RedisStore, RedisStoreBuilder, ResponseBody,
-};
+use tower_idempotency::{Idempotency, IdempotencyLayer, RedisStoreBuilder, ResponseBody};
 
-use crate::support::*;
+use crate::{stream_support::*, support::*};
 use redis_server::{RedisCluster, RedisServer};
-
-const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A store on `url` with streams on, and waits that only a notification
 /// can cut short (see `crate::store`).
@@ -31,32 +28,21 @@ async fn instance(redis: RedisStoreBuilder) -> IdempotencyLayer {
     crate::instance(redis).await
 }
 
-/// An upstream whose first call answers with a body the test feeds (with
-/// `headers`); later calls answer `fresh #<call>` at once.
-fn streaming(headers: &'static [(&'static str, &'static str)]) -> (impl TestService, Calls, Feed) {
-    let (feed, body) = channel_body();
-    let body = Arc::new(Mutex::new(Some(body)));
-    let (service, calls) = upstream(move |seen: Seen| {
-        let body = body.lock().unwrap().take();
-        async move {
-            match body {
-                Some(body) => {
-                    let mut response = Response::new(body.boxed());
-                    for (name, value) in headers {
-                        response
-                            .headers_mut()
-                            .insert(*name, http::HeaderValue::from_static(value));
-                    }
-                    response
-                }
-                None => respond(200, format!("fresh #{}", seen.call)),
-            }
-        }
-    });
-    (service, calls, feed)
+/// An upstream streaming what the test feeds (see `streaming`), behind A
+/// and behind B: both services, its calls and the feed.
+fn streaming_on(
+    a: &IdempotencyLayer,
+    b: &IdempotencyLayer,
+    headers: &'static [(&'static str, &'static str)],
+) -> (
+    Idempotency<impl TestService>,
+    Idempotency<impl TestService>,
+    Calls,
+    Feed,
+) {
+    let (inner, calls, feed) = streaming(headers);
+    (a.layer(inner.clone()), b.layer(inner), calls, feed)
 }
-
-const SSE: &[(&str, &str)] = &[("content-type", "text/event-stream")];
 
 /// Sends the test's request through `service` and returns the response
 /// with its body still streaming.
@@ -66,6 +52,26 @@ async fn open<S: TestService>(service: &Idempotency<S>) -> Response<ResponseBody
         .await
         .expect("a response head in time")
         .unwrap()
+}
+
+/// A leader opens on `service_a` and its upstream sends `chunk`; a
+/// duplicate on `service_b` follows it. Returns the leader's response, the
+/// follower's body and the first chunk the follower got.
+async fn follow<S: TestService, T: TestService>(
+    service_a: &Idempotency<S>,
+    service_b: &Idempotency<T>,
+    feed: &Feed,
+    chunk: &'static str,
+) -> (
+    Response<ResponseBody<TestBody>>,
+    ResponseBody<TestBody>,
+    Bytes,
+) {
+    let leader = open(service_a).await;
+    feed.data(chunk);
+    let mut follower = open(service_b).await.into_body();
+    let first = next_chunk(&mut follower).await;
+    (leader, follower, first)
 }
 
 /// Reads the rest of a body: its bytes and trailers, or the error it ended with.
@@ -90,6 +96,74 @@ where
     }
 }
 
+/// Reads a response's whole body, which must complete.
+async fn whole<B>(response: Response<B>) -> Bytes
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let (body, _) = rest(response.into_body(), Vec::new()).await.unwrap();
+    body
+}
+
+/// Reads the rest of a follower's body, after `first`, and asserts it ends
+/// with an error: never a truncated body passed off as complete.
+async fn ends_with_an_error(follower: ResponseBody<TestBody>, first: &Bytes) {
+    let followed = rest(follower, first.to_vec()).await;
+    assert!(followed.is_err(), "a truncated body passed off as complete");
+}
+
+/// An event carrying token `i`.
+fn token(i: usize) -> String {
+    format!("data: {{\"token\":\"{i}\"}}\n\n")
+}
+
+/// Feeds `tokens`, each followed by a pause of `pause` and then
+/// `after_each`; returns the bytes fed.
+async fn feed_tokens(
+    feed: &Feed,
+    tokens: Range<usize>,
+    pause: Duration,
+    mut after_each: impl FnMut(),
+) -> Vec<u8> {
+    let mut sent = Vec::new();
+    for i in tokens {
+        let chunk = token(i);
+        feed.data(chunk.clone());
+        sent.extend_from_slice(chunk.as_bytes());
+        tokio::time::sleep(pause).await;
+        after_each();
+    }
+    sent
+}
+
+/// Feeds `tokens`, one every 100 ms, then trailers (`x-usage: 42`); the
+/// task returns when it fed the last token.
+fn generate(feed: Feed, tokens: Range<usize>) -> JoinHandle<Instant> {
+    tokio::spawn(async move {
+        for i in tokens {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            feed.data(token(i));
+        }
+        let last_at = Instant::now();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-usage", http::HeaderValue::from_static("42"));
+        feed.trailers(trailers);
+        last_at
+    })
+}
+
+/// Asserts the follower's first chunk arrived well (500 ms) before the
+/// leader's last was sent: live, not buffered.
+#[track_caller]
+fn assert_live(first_at: Instant, last_at: Instant) {
+    assert!(
+        first_at + Duration::from_millis(500) < last_at,
+        "the first chunk arrived {:?} before the leader's last: buffered, not live",
+        last_at.saturating_duration_since(first_at)
+    );
+}
+
 /// A leader streams; a duplicate on the other instance follows it live.
 /// Returns the follower's first chunk's arrival, the leader's last chunk's
 /// sending, and both whole answers.
@@ -97,8 +171,7 @@ async fn live_on(
     a: &IdempotencyLayer,
     b: &IdempotencyLayer,
 ) -> (Calls, Instant, Instant, Answer, (Bytes, Option<HeaderMap>)) {
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let (service_a, service_b, calls, feed) = streaming_on(a, b, SSE);
     let leader = open(&service_a).await;
     assert_eq!(
         leader.headers()["cache-status"],
@@ -118,17 +191,7 @@ async fn live_on(
     assert!(first.starts_with(b"data: {\"token\":\"Hel\"}"));
 
     // The rest of a 1 s generation, then trailers.
-    let generation = tokio::spawn(async move {
-        for i in 0..10 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            feed.data(format!("data: {{\"token\":\"{i}\"}}\n\n"));
-        }
-        let last_at = Instant::now();
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-usage", http::HeaderValue::from_static("42"));
-        feed.trailers(trailers);
-        last_at
-    });
+    let generation = generate(feed, 0..10);
     let (leader_parts, leader_body) = leader.into_parts();
     let (led, followed) = tokio::join!(
         rest(leader_body, Vec::new()),
@@ -152,18 +215,30 @@ async fn live_on(
     (calls, first_at, last_at, led, followed)
 }
 
+/// Sends the test's request through `layer` over `inner`, asserts it is a
+/// hit, and returns its body.
+async fn hit_on(layer: &IdempotencyLayer, inner: impl TestService) -> Bytes {
+    let again = fetch(&layer.layer(inner), post("/v1/chat", "stream me")).await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    again.body
+}
+
+/// The names of the streams in Redis, one a line.
+fn stream_keys(server: &RedisServer) -> String {
+    server.cli(&["--scan", "--pattern", "tidem:*:stream"])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_follower_gets_the_leaders_chunks_live_and_byte_identical() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     let (calls, first_at, last_at, led, (body, trailers)) = live_on(&a, &b).await;
 
-    assert!(
-        first_at + Duration::from_millis(500) < last_at,
-        "the first chunk arrived {:?} before the leader's last: buffered, not live",
-        last_at.saturating_duration_since(first_at)
-    );
+    assert_live(first_at, last_at);
     assert_eq!(body, led.body, "byte-identical");
     assert_eq!(trailers, led.trailers);
     assert_eq!(calls.get(), 1);
@@ -172,37 +247,21 @@ async fn a_remote_follower_gets_the_leaders_chunks_live_and_byte_identical() {
 
     // The leader stored it; its stream goes soon after.
     let (inner, _, _) = streaming(SSE);
-    let again = fetch(&b.layer(inner), post("/v1/chat", "stream me")).await;
-    assert!(
-        again.cache_status().contains("hit"),
-        "{}",
-        again.cache_status()
-    );
-    assert_eq!(again.body, led.body);
-    let streams = || server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
-    until("the stream is deleted", || streams().is_empty()).await;
+    assert_eq!(hit_on(&b, inner).await, led.body);
+    until("the stream is deleted", || stream_keys(&server).is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_body_fails_fails_its_remote_followers_and_stores_nothing() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let leader = open(&service_a).await;
-    feed.data("data: partial\n\n");
-    let follower = open(&service_b).await;
-    let mut follower_body = follower.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let (leader, follower, first) =
+        follow(&service_a, &service_b, &feed, "data: partial\n\n").await;
     assert_eq!(first, "data: partial\n\n");
 
     feed.fail();
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower, &first).await;
     assert!(rest(leader.into_body(), Vec::new()).await.is_err());
 
     // Nothing was stored, on either instance.
@@ -215,49 +274,22 @@ async fn a_leader_whose_body_fails_fails_its_remote_followers_and_stores_nothing
 async fn a_leader_instance_that_dies_mid_stream_fails_its_remote_followers() {
     let server = RedisServer::start();
     let (inner, calls, feed) = streaming(SSE);
-    // Instance A in a runtime of its own: shutting it down is the process
-    // dying, lease, stream writer and all.
-    let runtime_a = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = server.url();
-    let inner_a = inner.clone();
-    let leader = runtime_a
-        .spawn(async move {
-            let a = IdempotencyLayer::builder()
-                .redis(
-                    store(&url)
-                        .lease(Duration::from_millis(600))
-                        .connect()
-                        .await
-                        .unwrap(),
-                )
-                .build();
-            let response = a
-                .layer(inner_a)
-                .oneshot(post("/v1/chat", "stream me"))
-                .await
-                .unwrap();
-            (a, response)
-        })
-        .await
-        .unwrap();
+    let (runtime_a, leader) = leader_in_a_runtime_of_its_own(
+        store(&server.url()).lease(Duration::from_millis(600)),
+        inner.clone(),
+        post("/v1/chat", "stream me"),
+    )
+    .await;
     feed.data("data: partial\n\n");
     let b = instance(store(&server.url())).await;
     let service_b = b.layer(inner);
     let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = next_chunk(&mut follower_body).await;
     assert_eq!(first, "data: partial\n\n");
 
     let died = Instant::now();
     runtime_a.shutdown_background();
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower_body, &first).await;
     assert!(
         died.elapsed() < Duration::from_secs(5),
         "the follower noticed after {:?}",
@@ -275,13 +307,15 @@ async fn a_leader_instance_that_dies_mid_stream_fails_its_remote_followers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_not_to_be_shared_never_reach_redis_and_let_remote_waiters_through() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(&[
-        ("content-type", "text/event-stream"),
-        ("cache-control", "private"),
-    ]);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(
+        &a,
+        &b,
+        &[
+            ("content-type", "text/event-stream"),
+            ("cache-control", "private"),
+        ],
+    );
     let leader = open(&service_a).await;
     feed.data("data: for the leader's caller only\n\n");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -297,43 +331,38 @@ async fn answers_not_to_be_shared_never_reach_redis_and_let_remote_waiters_throu
     assert_eq!(other.body, "fresh #2");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(calls.get(), 2);
-    let streams = server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
+    let streams = stream_keys(&server);
     assert!(
         streams.is_empty(),
         "a private answer reached redis: {streams}"
     );
     feed.data("data: done\n\n");
     drop(feed);
-    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(body, "data: for the leader's caller only\n\ndata: done\n\n");
+    assert_eq!(
+        whole(leader).await,
+        "data: for the leader's caller only\n\ndata: done\n\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_stream_fails_remote_followers_not_the_leaders_caller() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url()).write_timeout(Duration::from_millis(200))).await;
-    let b = instance(store(&server.url()).write_timeout(Duration::from_millis(200))).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let leader = open(&service_a).await;
-    feed.data("data: 1\n\n");
-    let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b) = instances(&server, |url| {
+        store(url).write_timeout(Duration::from_millis(200))
+    })
+    .await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let (leader, follower, first) = follow(&service_a, &service_b, &feed, "data: 1\n\n").await;
 
     server.kill();
     let killed = Instant::now();
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower, &first).await;
     assert!(killed.elapsed() < Duration::from_secs(5));
 
     // The leader's own caller gets every byte.
     feed.data("data: 2\n\n");
     drop(feed);
-    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(body, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(whole(leader).await, "data: 1\n\ndata: 2\n\n");
     // The follower went through in the stream's place: its upstream
     // answered `fresh #2`, which does not continue what it had forwarded,
     // hence its error.
@@ -343,23 +372,10 @@ async fn redis_killed_mid_stream_fails_remote_followers_not_the_leaders_caller()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_remote_follower_gets_the_chunks_live_and_byte_identical() {
     let cluster = RedisCluster::start();
-    let connect = || async {
-        let redis = RedisStore::cluster_builder(cluster.urls())
-            .streams(true)
-            .poll_interval(Duration::from_secs(5))
-            .timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .unwrap();
-        IdempotencyLayer::builder().redis(redis).build()
-    };
-    let (a, b) = (connect().await, connect().await);
+    let a = instance(cluster_store(&cluster)).await;
+    let b = instance(cluster_store(&cluster)).await;
     let (calls, first_at, last_at, led, (body, trailers)) = live_on(&a, &b).await;
-    assert!(
-        first_at + Duration::from_millis(500) < last_at,
-        "the first chunk arrived {:?} before the leader's last",
-        last_at.saturating_duration_since(first_at)
-    );
+    assert_live(first_at, last_at);
     assert_eq!(body, led.body);
     assert_eq!(trailers, led.trailers);
     assert_eq!(calls.get(), 1);
@@ -377,23 +393,15 @@ async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_follow
     let a_url = format!("redis://leader:secret@127.0.0.1:{}/", server.port());
     let a = instance(store(&a_url).lease(Duration::from_millis(600))).await;
     let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let leader = open(&service_a).await;
-    feed.data("data: 1\n\n");
-    let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let (leader, follower, first) = follow(&service_a, &service_b, &feed, "data: 1\n\n").await;
     assert_eq!(first, "data: 1\n\n");
 
     server.cli(&["ACL", "SETUSER", "leader", "off"]);
     server.cli(&["CLIENT", "KILL", "USER", "leader"]);
     let cut = Instant::now();
     feed.data("data: 2\n\n");
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower, &first).await;
     assert!(
         cut.elapsed() < Duration::from_secs(5),
         "the follower noticed after {:?}",
@@ -403,8 +411,7 @@ async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_follow
     // The leader's own caller gets every byte.
     feed.data("data: 3\n\n");
     drop(feed);
-    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert_eq!(whole(leader).await, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
     // The follower went through (its fresh answer did not repeat what it
     // had forwarded, hence its error).
     assert_eq!(calls.get(), 2);
@@ -420,24 +427,15 @@ async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
             .build()
     };
     let (a, b) = (limited().await, limited().await);
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let leader = open(&service_a).await;
-    feed.data("data: 1\n\n");
-    let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let (leader, follower, first) = follow(&service_a, &service_b, &feed, "data: 1\n\n").await;
     assert_eq!(first, "data: 1\n\n");
 
     let large = format!("data: {}\n\n", "x".repeat(100));
     feed.data(large.clone());
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower, &first).await;
     drop(feed);
-    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(body, format!("data: 1\n\n{large}"));
+    assert_eq!(whole(leader).await, format!("data: 1\n\n{large}"));
     // The follower went through itself once the stream was capped (the
     // leader's caller got the answer whole; the stream cannot carry it):
     // its fresh answer did not repeat the bytes forwarded, so its body
@@ -448,32 +446,21 @@ async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let leader = open(&service_a).await;
-    feed.data("data: 1\n\n");
-    let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let (leader, follower, first) = follow(&service_a, &service_b, &feed, "data: 1\n\n").await;
     assert_eq!(first, "data: 1\n\n");
 
     // Another leader holds the key now (A's lease ran out while Redis was
     // away): what A still appends is not that leader's answer.
-    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
-    let lease = format!("{}:lease", crate::entry_name("", &key));
+    let lease = lease_of(&a).await;
     server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
     let taken = Instant::now();
     feed.data("data: 2\n\n");
-    let followed = rest(follower_body, first.to_vec()).await;
-    assert!(followed.is_err(), "a truncated body passed off as complete");
+    ends_with_an_error(follower, &first).await;
     assert!(taken.elapsed() < Duration::from_secs(5));
     drop(feed);
-    let (body, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(body, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(whole(leader).await, "data: 1\n\ndata: 2\n\n");
     // The follower went through (its fresh answer did not repeat what it
     // had forwarded, hence its error).
     assert_eq!(calls.get(), 2);
@@ -481,10 +468,20 @@ async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
 
 // Lazy streams: nothing reaches Redis until a waiter elsewhere asks.
 
+/// The name of the test's request's entry in Redis.
+async fn entry_of(layer: &IdempotencyLayer) -> String {
+    let key = crate::key_of(layer, &post("/v1/chat", "stream me")).await;
+    crate::entry_name("", &key)
+}
+
 /// The name of the stream of the test's request's key.
-async fn stream_of(layer: &IdempotencyLayer, body: &'static str) -> String {
-    let key = crate::key_of(layer, &post("/v1/chat", body)).await;
-    format!("{}:stream", crate::entry_name("", &key))
+async fn stream_of(layer: &IdempotencyLayer) -> String {
+    format!("{}:stream", entry_of(layer).await)
+}
+
+/// The name of the lease of the test's request's key.
+async fn lease_of(layer: &IdempotencyLayer) -> String {
+    format!("{}:lease", entry_of(layer).await)
 }
 
 /// The namespace tag and key of the test's request, as a want names them.
@@ -495,24 +492,29 @@ async fn want_for(layer: &IdempotencyLayer) -> String {
     format!("w:{tag}:{key}")
 }
 
-/// The fields of a stream's entries, in order (`h`, `c`, `e`, `f`).
-fn stream_fields(server: &RedisServer, stream: &str) -> Vec<String> {
+/// A stream's entries, in order: each one's id and fields.
+fn stream_entries(server: &RedisServer, stream: &str) -> Vec<(String, Vec<Vec<u8>>)> {
     let mut conn = redis::Client::open(server.url())
         .unwrap()
         .get_connection()
         .unwrap();
-    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+    redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
         .arg("+")
         .query(&mut conn)
-        .unwrap();
-    entries
+        .unwrap()
+}
+
+/// The fields of a stream's entries, in order (`h`, `c`, `e`, `f`).
+fn stream_fields(server: &RedisServer, stream: &str) -> Vec<String> {
+    stream_entries(server, stream)
         .into_iter()
         .map(|(_, fields)| String::from_utf8_lossy(&fields[0]).into_owned())
         .collect()
 }
 
+/// Whether `key` exists in Redis.
 fn exists(server: &RedisServer, key: &str) -> bool {
     server.cli(&["EXISTS", key]).trim() != "0"
 }
@@ -521,40 +523,27 @@ fn exists(server: &RedisServer, key: &str) -> bool {
 async fn without_a_remote_follower_a_streamed_answer_writes_no_stream() {
     let server = RedisServer::start();
     // Streams are on by default: the builder is not asked for them.
-    let a = instance(crate::store(&server.url())).await;
-    let b = instance(crate::store(&server.url())).await;
+    let (a, b) = instances(&server, crate::store).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner.clone());
-    let stream = stream_of(&a, "stream me").await;
+    let stream = stream_of(&a).await;
     let leader = open(&service_a).await;
     // A duplicate on the same instance shares the flight, not Redis.
     let local = open(&service_a).await;
-    let mut sent = Vec::new();
-    for i in 0..10 {
-        let chunk = format!("data: {{\"token\":\"{i}\"}}\n\n");
-        feed.data(chunk.clone());
-        sent.extend_from_slice(chunk.as_bytes());
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    let sent = feed_tokens(&feed, 0..10, Duration::from_millis(30), || {
         assert!(!exists(&server, &stream), "a stream nobody asked for");
-    }
+    })
+    .await;
     drop(feed);
-    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    let (shared, _) = rest(local.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(led, sent);
-    assert_eq!(shared, sent);
+    assert_eq!(whole(leader).await, sent);
+    assert_eq!(whole(local).await, sent);
     assert_eq!(calls.get(), 1);
 
     // Stored as ever (a moment after the last byte): the other instance
     // gets it from Redis.
-    let entry = stream.trim_end_matches(":stream").to_owned();
+    let entry = entry_of(&a).await;
     until("the answer is stored", || exists(&server, &entry)).await;
-    let again = fetch(&b.layer(inner), post("/v1/chat", "stream me")).await;
-    assert!(
-        again.cache_status().contains("hit"),
-        "{}",
-        again.cache_status()
-    );
-    assert_eq!(again.body, sent);
+    assert_eq!(hit_on(&b, inner).await, sent);
     let commands = command_calls(&server);
     for command in ["xadd", "xread", "xrange"] {
         assert_eq!(commands.get(command), None, "{command}: {commands:?}");
@@ -565,47 +554,23 @@ async fn without_a_remote_follower_a_streamed_answer_writes_no_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_follower_arriving_mid_stream_gets_the_prefix_at_once_then_the_rest_live() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let stream = stream_of(&a, "stream me").await;
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let stream = stream_of(&a).await;
     let leader = open(&service_a).await;
-    let mut prefix = Vec::new();
-    for i in 0..5 {
-        let chunk = format!("data: {{\"token\":\"{i}\"}}\n\n");
-        feed.data(chunk.clone());
-        prefix.extend_from_slice(chunk.as_bytes());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let prefix = feed_tokens(&feed, 0..5, Duration::from_millis(20), || {}).await;
     assert!(!exists(&server, &stream), "written before anyone asked");
 
     // B asks; A appends its head and everything so far at once.
     let follower = open(&service_b).await;
-    assert_eq!(
-        follower.headers()["cache-status"],
-        "tower-idempotency; fwd=uri-miss; collapsed"
-    );
+    assert!(collapsed(&follower), "{:?}", follower.headers());
     let mut follower_body = follower.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .expect("the prefix arrives while the leader streams")
-        .expect("a first chunk");
+    let first = next_chunk(&mut follower_body).await;
     let first_at = Instant::now();
     assert_eq!(first, prefix, "the prefix, in one entry");
     assert_eq!(stream_fields(&server, &stream), ["h", "c"]);
 
-    let generation = tokio::spawn(async move {
-        for i in 5..15 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            feed.data(format!("data: {{\"token\":\"{i}\"}}\n\n"));
-        }
-        let last_at = Instant::now();
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-usage", http::HeaderValue::from_static("42"));
-        feed.trailers(trailers);
-        last_at
-    });
+    let generation = generate(feed, 5..15);
     let (led, followed) = tokio::join!(
         rest(leader.into_body(), Vec::new()),
         rest(follower_body, first.to_vec())
@@ -613,11 +578,7 @@ async fn a_remote_follower_arriving_mid_stream_gets_the_prefix_at_once_then_the_
     let last_at = generation.await.unwrap();
     let (led, led_trailers) = led.expect("the leader's body completes");
     let (followed, trailers) = followed.expect("the follower's body completes");
-    assert!(
-        first_at + Duration::from_millis(500) < last_at,
-        "the first chunk arrived {:?} before the leader's last: buffered, not live",
-        last_at.saturating_duration_since(first_at)
-    );
+    assert_live(first_at, last_at);
     assert_eq!(followed, led, "byte-identical");
     assert_eq!(trailers, led_trailers);
     assert!(trailers.is_some());
@@ -628,23 +589,19 @@ async fn a_remote_follower_arriving_mid_stream_gets_the_prefix_at_once_then_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_remote_followers_and_a_local_one_share_one_stream() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     let c = instance(store(&server.url())).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner.clone());
     let (service_b, service_c) = (b.layer(inner.clone()), c.layer(inner));
-    let stream = stream_of(&a, "stream me").await;
+    let stream = stream_of(&a).await;
     let leader = open(&service_a).await;
     feed.data("data: 0\n\n");
     let local = open(&service_a).await;
     // Both remote duplicates at once: both may ask, one stream starts.
     let (at_b, at_c) = tokio::join!(open(&service_b), open(&service_c));
     for response in [&at_b, &at_c] {
-        assert_eq!(
-            response.headers()["cache-status"],
-            "tower-idempotency; fwd=uri-miss; collapsed"
-        );
+        assert!(collapsed(response), "{:?}", response.headers());
     }
     // A want for a stream already started changes nothing.
     server.cli(&["PUBLISH", "tidem:events", &want_for(&a).await]);
@@ -686,7 +643,7 @@ async fn wants_for_keys_not_led_here_and_garbage_on_the_events_channel_write_not
     let a = instance(store(&server.url())).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner);
-    let stream = stream_of(&a, "stream me").await;
+    let stream = stream_of(&a).await;
     let want = want_for(&a).await;
     let (tag, key) = want[2..].split_once(':').unwrap();
     let leader = open(&service_a).await;
@@ -715,7 +672,7 @@ async fn wants_for_keys_not_led_here_and_garbage_on_the_events_channel_write_not
     tokio::time::sleep(Duration::from_millis(300)).await;
     feed.data("data: 1\n\n");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let streams = server.cli(&["--scan", "--pattern", "tidem:*:stream"]);
+    let streams = stream_keys(&server);
     assert!(
         streams.is_empty(),
         "written for a want it should ignore: {streams}"
@@ -733,8 +690,7 @@ async fn wants_for_keys_not_led_here_and_garbage_on_the_events_channel_write_not
     let streams: Vec<&str> = streams.lines().filter(|k| k.ends_with(":stream")).collect();
     assert_eq!(streams, [stream.as_str()]);
     drop(feed);
-    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(led, "data: 0\n\ndata: 1\n\n");
+    assert_eq!(whole(leader).await, "data: 0\n\ndata: 1\n\n");
     assert_eq!(calls.get(), 1);
 }
 
@@ -743,8 +699,7 @@ async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
     const ROUNDS: usize = 200;
     const CHUNKS: usize = 8;
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     // Each round's leader gets the body the round feeds; any other call
     // answers something else, which no follower may receive.
     let next: Arc<Mutex<Option<ChannelBody>>> = Arc::default();
@@ -754,14 +709,7 @@ async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
             let body = next.lock().unwrap().take();
             async move {
                 match body {
-                    Some(body) => {
-                        let mut response = Response::new(body.boxed());
-                        response.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("text/event-stream"),
-                        );
-                        response
-                    }
+                    Some(body) => sse(200, body.boxed()),
                     None => respond(200, format!("unexpected call #{}", seen.call)),
                 }
             }
@@ -813,7 +761,7 @@ async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
             tokio::spawn(async move { timeout(PATIENCE, fetch(&service, request)).await })
         });
         drop(feed);
-        let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+        let led = whole(leader).await;
         let followed = follower
             .await
             .unwrap()
@@ -836,35 +784,17 @@ async fn a_remote_follower_joining_anywhere_gets_the_same_bytes_stress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     // The leader's upstream answers only once the gate opens: the waiter
     // on B finds the lease held, asks, and nothing can start yet.
-    let gate = Arc::new(tokio::sync::Notify::new());
     let (feed, body) = channel_body();
     let body = Arc::new(Mutex::new(Some(body)));
-    let (inner, calls) = upstream({
-        let gate = Arc::clone(&gate);
-        move |seen: Seen| {
-            let (gate, body) = (Arc::clone(&gate), body.lock().unwrap().take());
-            async move {
-                match body {
-                    Some(body) => {
-                        gate.notified().await;
-                        let mut response = Response::new(body.boxed());
-                        response.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("text/event-stream"),
-                        );
-                        response
-                    }
-                    None => respond(200, format!("fresh #{}", seen.call)),
-                }
-            }
-        }
+    let (inner, calls, gate) = gated(move |seen: &Seen| match body.lock().unwrap().take() {
+        Some(body) => sse(200, body.boxed()),
+        None => respond(200, format!("fresh #{}", seen.call)),
     });
     let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let stream = stream_of(&a, "stream me").await;
+    let stream = stream_of(&a).await;
     let leader = tokio::spawn({
         let service_a = service_a.clone();
         async move { open(&service_a).await }
@@ -883,12 +813,8 @@ async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream(
     gate.notify_one();
     feed.data("data: 0\n\n");
     let opened = Instant::now();
-    let follower = follower.await.unwrap();
-    let mut follower_body = follower.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut follower_body = follower.await.unwrap().into_body();
+    let first = next_chunk(&mut follower_body).await;
     // Kept, not asked again: B waits 5 s between looks without a message.
     assert!(
         opened.elapsed() < Duration::from_millis(2500),
@@ -898,9 +824,7 @@ async fn a_want_sent_before_the_leaders_upstream_answers_is_kept_for_its_stream(
     assert_eq!(first, "data: 0\n\n");
     feed.data("data: 1\n\n");
     drop(feed);
-    let (led, _) = rest(leader.await.unwrap().into_body(), Vec::new())
-        .await
-        .unwrap();
+    let led = whole(leader.await.unwrap()).await;
     let (followed, _) = rest(follower_body, first.to_vec()).await.unwrap();
     assert_eq!(led, "data: 0\n\ndata: 1\n\n");
     assert_eq!(followed, led);
@@ -913,20 +837,13 @@ async fn a_remote_follower_holds_no_readiness_of_its_inner_service_while_it_rela
     // only permit. A follower relaying A's stream makes no call unless
     // Redis fails, so it must not keep that permit for the whole stream.
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
+    let (a, b) = instances(&server, store).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner.clone());
     let service_b = b.layer(tower::limit::ConcurrencyLimitLayer::new(1).layer(inner));
     let leader = open(&service_a).await;
     feed.data("data: 1\n\n");
-    let follower = timeout(
-        PATIENCE,
-        service_b.clone().oneshot(post("/v1/chat", "stream me")),
-    )
-    .await
-    .expect("a response head in time")
-    .unwrap();
+    let follower = open(&service_b).await;
     assert!(
         follower.headers()["cache-status"]
             .to_str()
@@ -936,10 +853,7 @@ async fn a_remote_follower_holds_no_readiness_of_its_inner_service_while_it_rela
         follower.headers()
     );
     let mut follower_body = follower.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = next_chunk(&mut follower_body).await;
     assert_eq!(first, "data: 1\n\n");
 
     // Mid-stream, another request on B reaches B's inner service.
@@ -953,11 +867,11 @@ async fn a_remote_follower_holds_no_readiness_of_its_inner_service_while_it_rela
     .expect("another request on B is served while the follower relays, not stuck in poll_ready")
     .unwrap();
     assert_eq!(other.status(), 200);
-    let _ = rest(other.into_body(), Vec::new()).await.unwrap();
+    whole(other).await;
 
     feed.data("data: 2\n\n");
     drop(feed);
-    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
+    let led = whole(leader).await;
     let (followed, _) = rest(follower_body, first.to_vec()).await.unwrap();
     assert_eq!(followed, led);
     assert_eq!(calls.get(), 2, "the leader's call and the other request's");
@@ -968,21 +882,15 @@ async fn an_answer_past_a_mib_before_anyone_asks_is_not_streamed_and_its_waiter_
     // The leader keeps at most a MiB for a stream nobody asked for yet:
     // past it, a waiter elsewhere waits for the stored entry instead.
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
     let leader = open(&service_a).await;
     let chunk = format!("data: {}\n\n", "x".repeat(64 * 1024));
     let mut leader_body = leader.into_body();
     let mut led = Vec::new();
     for _ in 0..17 {
         feed.data(chunk.clone());
-        let data = timeout(PATIENCE, next_data(&mut leader_body))
-            .await
-            .unwrap()
-            .unwrap();
-        led.extend_from_slice(&data);
+        led.extend_from_slice(&next_chunk(&mut leader_body).await);
     }
     let waiter = tokio::spawn({
         let service_b = service_b.clone();
@@ -1010,22 +918,21 @@ async fn an_answer_past_a_mib_before_anyone_asks_is_not_streamed_and_its_waiter_
 
 /// The ids of a stream's entries, in order.
 fn stream_ids(server: &RedisServer, stream: &str) -> Vec<String> {
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    entries.into_iter().map(|(id, _)| id).collect()
+    stream_entries(server, stream)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
 
-/// A follower's outcome is the leader's whole body, or an error: never a
-/// body with a hole passed off as complete.
-fn whole_or_failed(followed: &Result<(Bytes, Option<HeaderMap>), String>, led: &[u8]) {
+/// Asserts a follower whose stream had a gap did not complete from it: its
+/// body failed (never a body with a hole passed off as complete; the
+/// leader's is `led`), and it made at most one upstream call of its own.
+#[track_caller]
+fn failed_at_the_gap(
+    followed: &Result<(Bytes, Option<HeaderMap>), String>,
+    led: &[u8],
+    calls: &Calls,
+) {
     if let Ok((body, _)) = followed {
         assert!(
             body == led,
@@ -1034,16 +941,18 @@ fn whole_or_failed(followed: &Result<(Bytes, Option<HeaderMap>), String>, led: &
             led.len()
         );
     }
+    // The follower went through (its upstream answers differently) or
+    // failed: either way it did not complete from the stream.
+    assert!(followed.is_err(), "completed from a stream with a gap");
+    assert!(calls.get() <= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_lost_from_a_remote_stream_never_completes_the_followers_body() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let stream = stream_of(&a, "stream me").await;
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let stream = stream_of(&a).await;
     let want = want_for(&a).await;
     let leader = open(&service_a).await;
     // 150 KiB kept before anyone asks: written as three entries of at most
@@ -1083,48 +992,32 @@ async fn a_chunk_lost_from_a_remote_stream_never_completes_the_followers_body() 
     sent.extend_from_slice(&generation.await.unwrap());
     let (led, _) = led.expect("the leader's body completes");
     assert_eq!(led, sent);
-    whole_or_failed(&followed, &led);
-    // The follower went through (its upstream answers differently) or
-    // failed: either way it did not complete from the stream.
-    assert!(followed.is_err(), "completed from a stream with a gap");
-    assert!(calls.get() <= 2);
+    failed_at_the_gap(&followed, &led, &calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_without_its_offset_fails_a_remote_follower() {
     let server = RedisServer::start();
-    let a = instance(store(&server.url())).await;
-    let b = instance(store(&server.url())).await;
-    let (inner, calls, feed) = streaming(SSE);
-    let (service_a, service_b) = (a.layer(inner.clone()), b.layer(inner));
-    let stream = stream_of(&a, "stream me").await;
-    let leader = open(&service_a).await;
-    feed.data("data: 1\n\n");
-    let mut follower_body = open(&service_b).await.into_body();
-    let first = timeout(PATIENCE, next_data(&mut follower_body))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b) = instances(&server, store).await;
+    let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
+    let stream = stream_of(&a).await;
+    let (leader, follower, first) = follow(&service_a, &service_b, &feed, "data: 1\n\n").await;
     assert_eq!(first, "data: 1\n\n");
 
     // An entry of the leader's (its lease token) as an older writer wrote
     // it: no offset. Nothing tells where it belongs.
-    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
-    let lease = format!("{}:lease", crate::entry_name("", &key));
-    let token = server.cli(&["GET", &lease]).trim().to_owned();
+    let token = server.cli(&["GET", &lease_of(&a).await]).trim().to_owned();
     assert!(!token.is_empty());
     server.cli(&["XADD", &stream, "*", "c", "data: ?\n\n", "w", &token]);
     feed.data("data: 2\n\n");
     drop(feed);
     let (led, followed) = tokio::join!(
         rest(leader.into_body(), Vec::new()),
-        rest(follower_body, first.to_vec())
+        rest(follower, first.to_vec())
     );
     let (led, _) = led.expect("the leader's body completes");
     assert_eq!(led, "data: 1\n\ndata: 2\n\n");
-    whole_or_failed(&followed, &led);
-    assert!(followed.is_err(), "completed from a stream with a gap");
-    assert!(calls.get() <= 2);
+    failed_at_the_gap(&followed, &led, &calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1134,15 +1027,14 @@ async fn a_leader_whose_renewal_finds_its_lease_taken_starts_no_stream_on_a_want
     let a = instance(store(&server.url()).lease(Duration::from_millis(900))).await;
     let (inner, calls, feed) = streaming(SSE);
     let service_a = a.layer(inner);
-    let stream = stream_of(&a, "stream me").await;
+    let stream = stream_of(&a).await;
     let want = want_for(&a).await;
     let leader = open(&service_a).await;
     feed.data("data: 1\n\n");
 
     // Another leader holds the key now (A's lease ran out while Redis was
     // away); A's next renewal finds it taken.
-    let key = crate::key_of(&a, &post("/v1/chat", "stream me")).await;
-    let lease = format!("{}:lease", crate::entry_name("", &key));
+    let lease = lease_of(&a).await;
     server.cli(&["SET", &lease, "another-leader", "PX", "30000"]);
     let scripts = |server: &RedisServer| {
         let calls = command_calls(server);
@@ -1160,7 +1052,6 @@ async fn a_leader_whose_renewal_finds_its_lease_taken_starts_no_stream_on_a_want
     assert!(!exists(&server, &stream), "streamed under a lease not held");
     assert_eq!(command_calls(&server).get("xadd"), None);
     drop(feed);
-    let (led, _) = rest(leader.into_body(), Vec::new()).await.unwrap();
-    assert_eq!(led, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(whole(leader).await, "data: 1\n\ndata: 2\n\n");
     assert_eq!(calls.get(), 1);
 }
