@@ -207,12 +207,14 @@ impl Engine {
     }
 
     /// Publishes a remote stream's body into the local flight, until its
-    /// end. The leader's failure (its body failed or grew too large, it
-    /// died or lost its lease) ends the body with an error, as it does the
-    /// leader's own caller's: never a truncated body passed off as
-    /// complete. Redis failing, stopping, losing the stream, or the stream
-    /// idle past the idle timeout: the request goes through itself with
-    /// `fall_back`, if it has one, else its body ends with an error.
+    /// end. The leader's upstream body failing ends the body with an
+    /// error, as it does the leader's own caller's: never a truncated body
+    /// passed off as complete. Any other failure (the leader died or lost
+    /// its lease, the answer outgrew the stream, Redis failed, stopped,
+    /// lost the stream or held garbage, the stream idle past the idle
+    /// timeout): the request goes through itself with `fall_back`, if it
+    /// has one, else its body ends with an error. A leader that died and a
+    /// Redis that lost its keys (killed, restarted empty) look the same.
     ///
     /// The request counts as coalesced unless it goes through; then it is
     /// an upstream call (a miss), and saves nothing.
@@ -257,8 +259,8 @@ impl Engine {
                     self.count_bucket_hit(&job);
                     return leader.complete(trailers);
                 }
-                Ok(Some(StreamEntry::Failed(why))) if leaders_failure(why) => {
-                    return self.relay_failed(leader, &job, why);
+                Ok(Some(StreamEntry::LeaderFailed)) => {
+                    return self.relay_failed(leader, &job, "the leader's body failed");
                 }
                 Ok(Some(StreamEntry::Failed(why))) => break why,
                 Ok(None) => break "the remote stream stopped before its end",
@@ -440,17 +442,6 @@ fn differs() -> BoxError {
 
 fn too_long() -> BoxError {
     "the remote stream failed, and the call in its place answered another length".into()
-}
-
-/// Whether a remote stream failed because its leader's upstream body
-/// failed: a failure its followers share, as local followers share their
-/// leader's. The others a follower gets around by going through (with its
-/// prefix check): Redis failed, stopped answering, lost the stream or held
-/// garbage; the answer outgrew the stream; or the leader's lease went
-/// without an end, which a leader that died and a Redis that lost its keys
-/// (killed, restarted empty) look the same by.
-fn leaders_failure(why: &str) -> bool {
-    why == "the leader's body failed"
 }
 
 /// A remote stream relayed into this instance's flight: what the relay

@@ -326,6 +326,7 @@ mod disabled {
     pub(crate) enum StreamEntry {
         Chunk(bytes::Bytes),
         End(Option<http::HeaderMap>),
+        LeaderFailed,
         Failed(&'static str),
     }
 }

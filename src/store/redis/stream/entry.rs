@@ -33,8 +33,14 @@ pub(crate) enum StreamEntry {
     Chunk(Bytes),
     /// The body ended, complete, with these trailers.
     End(Option<HeaderMap>),
-    /// The body will not complete: the leader failed, went away, or Redis
-    /// did. What was received must not pass for a complete body.
+    /// The body will not complete: the leader's upstream body failed. Its
+    /// followers share that failure, as local followers share their
+    /// leader's.
+    LeaderFailed,
+    /// The body will not complete here: the leader went away or lost its
+    /// lease, the answer outgrew the stream, or Redis failed. A follower
+    /// may go through in its place. What was received must not pass for a
+    /// complete body.
     Failed(&'static str),
 }
 
@@ -83,7 +89,7 @@ impl Raw {
             f if f == FAILED.as_bytes() && self.value == TOO_LARGE => Some(StreamEntry::Failed(
                 "the answer grew past the response limit",
             )),
-            f if f == FAILED.as_bytes() => Some(StreamEntry::Failed("the leader's body failed")),
+            f if f == FAILED.as_bytes() => Some(StreamEntry::LeaderFailed),
             f if f == HEAD.as_bytes() => None,
             _ => Some(StreamEntry::Failed("an unknown entry in the stream")),
         }
@@ -229,7 +235,7 @@ mod tests {
         let raw = entries(&reply);
         assert_eq!(raw.len(), 6, "the malformed ones are dropped");
         assert!(matches!(raw[4].entry(), Some(StreamEntry::Failed(why)) if why.contains("limit")));
-        assert!(matches!(raw[5].entry(), Some(StreamEntry::Failed(why)) if why.contains("leader")));
+        assert!(matches!(raw[5].entry(), Some(StreamEntry::LeaderFailed)));
         assert!(matches!(raw[0].entry(), Some(StreamEntry::Chunk(b)) if b == "data: 1\n\n"));
         assert!(matches!(raw[1].entry(), Some(StreamEntry::End(Some(t))) if t == trailers));
         assert!(matches!(raw[2].entry(), Some(StreamEntry::Failed(_))));

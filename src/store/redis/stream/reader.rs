@@ -101,7 +101,7 @@ impl Followed {
                 StreamEntry::End(trailers)
             }
             StreamEntry::Chunk(_) | StreamEntry::End(_) => StreamEntry::Failed(GAP),
-            failed @ StreamEntry::Failed(_) => failed,
+            failed @ (StreamEntry::LeaderFailed | StreamEntry::Failed(_)) => failed,
         }
     }
 }
@@ -510,6 +510,7 @@ mod tests {
             got.push(match entry {
                 StreamEntry::Chunk(chunk) => format!("c:{}", String::from_utf8_lossy(&chunk)),
                 StreamEntry::End(_) => "e".to_owned(),
+                StreamEntry::LeaderFailed => "f:leader".to_owned(),
                 StreamEntry::Failed(why) => format!("f:{why}"),
             });
         }
@@ -609,6 +610,6 @@ mod tests {
         let mut rx = following(&readers, "tA");
         let found = vec![("s".to_owned(), vec![raw(2, "f", b"gone", "tA", None)])];
         deliver(&readers, found);
-        assert_eq!(received(&mut rx), ["f:the leader's body failed"]);
+        assert_eq!(received(&mut rx), ["f:leader"]);
     }
 }
