@@ -271,7 +271,7 @@ async fn a_leader_whose_body_fails_fails_its_remote_followers_and_stores_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_instance_that_dies_mid_stream_fails_its_remote_followers() {
+async fn a_leader_instance_that_dies_mid_stream_never_gives_its_remote_followers_a_spliced_body() {
     let server = RedisServer::start();
     let (inner, calls, feed) = streaming(SSE);
     let (runtime_a, leader) = leader_in_a_runtime_of_its_own(
@@ -383,7 +383,8 @@ async fn on_a_cluster_a_remote_follower_gets_the_chunks_live_and_byte_identical(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_followers() {
+async fn a_leader_instance_cut_off_from_redis_mid_stream_never_gives_its_remote_followers_a_spliced_body(
+) {
     let server = RedisServer::start();
     // Instance A connects as a user of its own, so that the test can cut
     // A alone off: disable the user and kill its connections.
@@ -418,7 +419,7 @@ async fn a_leader_instance_cut_off_from_redis_mid_stream_fails_its_remote_follow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
+async fn a_stream_past_the_response_limit_sends_its_remote_followers_through() {
     let server = RedisServer::start();
     let limited = || async {
         IdempotencyLayer::builder()
@@ -444,7 +445,8 @@ async fn a_stream_past_the_response_limit_fails_its_remote_followers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_loses_its_lease_mid_stream_fails_its_remote_followers() {
+async fn a_leader_that_loses_its_lease_mid_stream_never_gives_its_remote_followers_a_spliced_body()
+{
     let server = RedisServer::start();
     let (a, b) = instances(&server, store).await;
     let (service_a, service_b, calls, feed) = streaming_on(&a, &b, SSE);
