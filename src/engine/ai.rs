@@ -128,8 +128,8 @@ mod enabled {
             Meta {
                 fingerprint,
                 model: model.or(response_model),
-                vary: None,
                 usage,
+                ..Meta::default()
             }
         }
     }
@@ -186,7 +186,7 @@ mod disabled {
             Meta {
                 fingerprint,
                 model,
-                vary: None,
+                ..Meta::default()
             }
         }
     }

@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
+use http::{HeaderMap, Response};
 use http_body::Body;
 
 use super::{
+    key::Job,
     observe::Outcome,
     respond::{in_flight, key_reused},
     upstream::{Answer, Pending, Upstream},
     Engine,
 };
 use crate::{
-    body::RequestBody,
+    body::{RequestBody, ResponseBody},
     cache_status::CacheStatus,
     error::BoxError,
     flight::{Joined, Role},
@@ -42,6 +44,14 @@ impl Engine {
         let now = now_millis();
         if let Some(record) = self.l1.get_at(&job.key, now).await {
             if self.fits(job, &record, pending.headers()) {
+                if record.info.provisional {
+                    // Boxed: a rare path, which an ordinary hit's future
+                    // should not carry.
+                    let shared = Box::pin(self.shared_over_provisional(job, pending.headers()));
+                    if let Some(hit) = shared.await {
+                        return Ok(hit);
+                    }
+                }
                 return Ok(self.hit_at(job, &record, Outcome::HitL1, now));
             }
         }
@@ -102,7 +112,11 @@ impl Engine {
                     // leaves the map, and it left before this leader came).
                     if self.l1.generation(&job.key) != generation {
                         if let Some(record) = self.l1.get(&job.key).await {
-                            if self.fits(job, &record, pending.headers()) {
+                            // A provisional copy gives way to the shared
+                            // store's entry, which the leader's path reads.
+                            if !record.info.provisional
+                                && self.fits(job, &record, pending.headers())
+                            {
                                 leader.replay(Arc::clone(&record));
                                 return Ok(self.hit(job, &record, Outcome::HitL1));
                             }
@@ -115,6 +129,25 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The shared store's entry, replayed and kept in L1 in place of the
+    /// provisional copy found there, if the shared store has one for this
+    /// request: the copy was this instance's own call in place of another
+    /// instance's, whose answer, once stored, is the one every instance
+    /// gives. Without one (not stored yet, or the store unreadable), the
+    /// copy stands.
+    async fn shared_over_provisional<B>(
+        &self,
+        job: &Job,
+        headers: &HeaderMap,
+    ) -> Option<Response<ResponseBody<B>>> {
+        let record = self.l2.peek(&job.ns, &job.key).await?;
+        if !self.fits(job, &record, headers) {
+            return None;
+        }
+        self.l1.insert(job.key, Arc::clone(&record)).await;
+        Some(self.hit(job, &record, Outcome::HitL2))
     }
 
     /// Calls upstream for a request no flight can serve, without a flight

@@ -43,8 +43,9 @@ impl Engine {
             }
         }
         self.observe(outcome);
-        if outcome == Outcome::HitL1 {
-            // The entry's own hit count, kept in the shared store.
+        if outcome == Outcome::HitL1 && !record.info.provisional {
+            // The entry's own hit count, kept in the shared store (which a
+            // provisional copy is not).
             self.l2.count_l1_hit(&job.ns, &job.key);
         }
         let cost = self.count_savings(&record.info, record.body.len() as u64, 1);

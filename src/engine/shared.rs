@@ -34,7 +34,7 @@ use crate::{
     error::BoxError,
     flight::{Head, Leader},
     policy,
-    record::Vary,
+    record::{Meta, Vary},
     store::{Follow, Lookup, StreamEntry},
     tenants::Tally,
 };
@@ -389,27 +389,30 @@ impl Engine {
         if head.content_length.is_some_and(|len| received != len) {
             return leader.fail(too_long());
         }
-        let (recorded, _) = leader.recorded();
-        let mut meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
-        meta.vary = head.vary_digest;
         // This instance paid for the call: it keeps the answer, as its own
         // leader would, so that a duplicate arriving here later is a hit
-        // while Redis is still failing. In L1 only: the shared store is the
-        // remote leader's to fill. Stored before the readers see the end,
-        // as a leader stores.
+        // while Redis is still failing. In L1 only, and provisional: the
+        // shared store is the remote leader's to fill, and once it holds
+        // the leader's answer, that is the one replayed here too
+        // (`shared_over_provisional`). The head's `Vary` digest holds for
+        // the values this request sent only if the fresh answer varies on
+        // the same headers.
         let terms = self.terms(&parts, Some(received), job);
-        // The head's `Vary` digest holds for the values this request sent
-        // only if the fresh answer varies on the same headers.
-        if let (Some(body), true, true) = (recorded, terms.storable, terms.vary == head.vary) {
+        let keep = terms.storable && terms.vary == head.vary;
+        // A copy of the body, only if it is kept or its usage is read.
+        let recorded = (keep || usage.needs_body())
+            .then(|| leader.recorded().0)
+            .flatten();
+        let mut meta = usage.finish(model, recorded.as_ref(), job.fingerprint);
+        meta.vary = head.vary_digest;
+        if let (Some(body), true) = (recorded, keep) {
             let headers = policy::shareable_headers(&parts.headers);
-            let record = fresh_record(
-                head,
-                headers,
-                body,
-                trailers.as_ref(),
-                meta.clone(),
-                job.ttl,
-            );
+            let provisional = Meta {
+                provisional: true,
+                ..meta.clone()
+            };
+            let record = fresh_record(head, headers, body, trailers.as_ref(), provisional, job.ttl);
+            // Stored before the readers see the end, as a leader stores.
             self.l1.insert(job.key, Arc::new(record)).await;
             self.count_stored();
         }

@@ -52,6 +52,12 @@ pub(crate) struct Meta {
     #[cfg(feature = "ai")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) usage: Option<crate::ai::Usage>,
+    /// A stand-in, kept in this instance's L1 only: the answer of a call
+    /// made in place of another instance's, which the shared store may get
+    /// from that instance. Replayed only while the shared store has no
+    /// entry for the key, or cannot be read. Never leaves the process.
+    #[serde(skip)]
+    pub(crate) provisional: bool,
 }
 
 impl Meta {

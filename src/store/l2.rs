@@ -118,6 +118,19 @@ impl L2 {
         }
     }
 
+    /// The key's entry in the shared store, if it has one that reads:
+    /// a plain read, which claims nothing. Only Redis is asked: the entries
+    /// it is asked about, provisional copies (`Meta::provisional`), come
+    /// only from following a Redis stream.
+    pub(crate) async fn peek(&self, ns: &str, key: &Key) -> Option<Arc<Record>> {
+        let _ = (ns, key);
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.peek(ns, key).await,
+            _ => None,
+        }
+    }
+
     pub(crate) async fn complete(
         &self,
         ns: &str,

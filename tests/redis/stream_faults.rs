@@ -643,3 +643,164 @@ async fn a_fresh_answer_with_another_validator_or_private_does_not_continue_the_
         not_continued(&failed, &format!("{header:?}"));
     }
 }
+
+/// Cuts the connection of the instance whose stream reader is blocked in
+/// `XREAD`: that instance's reads of the stream fail while Redis, its
+/// other connections and the other instances are fine.
+async fn cut_the_stream_reader(server: &RedisServer) {
+    let mut id = None;
+    until("a stream reader is connected", || {
+        id = server
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .find(|line| line.contains("cmd=xread"))
+            .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned);
+        id.is_some()
+    })
+    .await;
+    let id = id.unwrap();
+    assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &id]).trim(), "1");
+}
+
+/// What a cache-status header and a body read whole say, for assertions.
+async fn status_and_body<B>(response: Response<B>) -> (String, Read)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, drain(response.into_body(), b"").await)
+}
+
+/// The question, with an `Idempotency-Key` in `key_mode`.
+fn question(key_mode: bool) -> Request<Full<Bytes>> {
+    let mut request = chat(QUESTION);
+    if key_mode {
+        request
+            .headers_mut()
+            .insert("idempotency-key", http::HeaderValue::from_static("order-1"));
+    }
+    request
+}
+
+/// Sends the question and returns the response with its body still
+/// streaming.
+async fn send<S: TestService>(
+    service: &Idempotency<S>,
+    key_mode: bool,
+) -> Response<ResponseBody<TestBody>> {
+    timeout(PATIENCE, service.clone().oneshot(question(key_mode)))
+        .await
+        .expect("a response head in time")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
+    // Only B's stream reader fails: Redis and A carry on. B goes through,
+    // and its upstream continues the forwarded bytes with another tail
+    // than A's. B keeps its answer, provisionally: until A's is stored, a
+    // duplicate on B gets B's (no second call); from then on, A's, as
+    // every other instance does.
+    for key_mode in [false, true] {
+        let server = RedisServer::start();
+        let build = |url: String| async move {
+            let redis = store(&url).connect().await.unwrap();
+            let builder = IdempotencyLayer::builder().redis(redis);
+            match key_mode {
+                true => builder.idempotency_key_header(tower_idempotency::KeyHeader::Required),
+                false => builder,
+            }
+            .build()
+        };
+        let (a, b, c) = (
+            build(server.url()).await,
+            build(server.url()).await,
+            build(server.url()).await,
+        );
+        let (inner_a, calls_a, feed) = fed();
+        let (inner_b, calls_b) =
+            answering(200, pieces(&["data: 1\n\n", "data: B-tail\n\n"]), false);
+        let (inner_c, calls_c) = answering(200, pieces(&["data: C\n\n"]), false);
+        let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+        let service_c = c.layer(inner_c);
+
+        let leader = send(&service_a, key_mode).await;
+        feed.data("data: 1\n\n");
+        let follower = send(&service_b, key_mode).await;
+        assert!(collapsed(&follower), "{:?}", follower.headers());
+        let mut follower = follower.into_body();
+        assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+        cut_the_stream_reader(&server).await;
+        let followed = drain(follower, b"data: 1\n\n").await;
+        assert_complete(&followed, "data: 1\n\ndata: B-tail\n\n", "B's follower");
+        assert_eq!(calls_b.get(), 1);
+
+        // A has not stored yet: B's copy stands.
+        let (status, early) = status_and_body(send(&service_b, key_mode).await).await;
+        assert!(status.starts_with("tower-idempotency; hit"), "{status}");
+        assert_complete(&early, "data: 1\n\ndata: B-tail\n\n", "B before A stored");
+
+        feed.data("data: A-tail\n\n");
+        drop(feed);
+        let led = drain(leader.into_body(), b"").await;
+        const A: &str = "data: 1\n\ndata: A-tail\n\n";
+        assert_complete(&led, A, "A's leader");
+        // A stores in Redis just after its caller has the end.
+        let entry = entry_name("", &key_of(&a, &question(key_mode)).await);
+        until("A's answer is in Redis", || {
+            server.cli(&["HEXISTS", &entry, "r"]).trim() == "1"
+        })
+        .await;
+
+        // Stored: B gives A's answer, as C does, and keeps giving it.
+        for round in 0..2 {
+            let (status, on_b) = status_and_body(send(&service_b, key_mode).await).await;
+            assert!(status.starts_with("tower-idempotency; hit"), "{status}");
+            assert_complete(
+                &on_b,
+                A,
+                &format!("B after A stored, key mode {key_mode}, #{round}"),
+            );
+            let (status, on_c) = status_and_body(send(&service_c, key_mode).await).await;
+            assert!(status.starts_with("tower-idempotency; hit"), "{status}");
+            assert_complete(&on_c, A, "C");
+        }
+        assert_eq!((calls_a.get(), calls_b.get(), calls_c.get()), (1, 1, 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fall_back_answer_the_store_policy_refuses_is_not_kept() {
+    // As above, but B's policy stores nothing: B's follower still gets
+    // the whole answer from its own call, and B keeps no copy of it.
+    let server = RedisServer::start();
+    let a = instance(store(&server.url())).await;
+    let b = IdempotencyLayer::builder()
+        .redis(store(&server.url()).connect().await.unwrap())
+        .store_if(|_: &http::response::Parts| false)
+        .build();
+    let (inner_a, calls_a, feed) = fed();
+    let (inner_b, calls_b) = answering(200, pieces(&["data: 1\n\n", "data: B-tail\n\n"]), false);
+    let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
+    let leader = send(&service_a, false).await;
+    feed.data("data: 1\n\n");
+    let follower = send(&service_b, false).await;
+    assert!(collapsed(&follower), "{:?}", follower.headers());
+    let mut follower = follower.into_body();
+    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+    cut_the_stream_reader(&server).await;
+    let followed = drain(follower, b"data: 1\n\n").await;
+    assert_complete(&followed, "data: 1\n\ndata: B-tail\n\n", "B's follower");
+    assert_eq!(calls_b.get(), 1);
+    assert_eq!(b.l1_usage().await.0, 0, "B kept what its policy refuses");
+    feed.data("data: 2\n\n");
+    drop(feed);
+    let led = drain(leader.into_body(), b"").await;
+    assert_complete(&led, "data: 1\n\ndata: 2\n\n", "A's leader");
+    assert_eq!(calls_a.get(), 1);
+}

@@ -30,8 +30,28 @@ impl RedisStore {
     /// entry again, atomically with the claim, so single flight across
     /// instances stays exact (a record stored between the two is a hit).
     pub(crate) async fn lookup(&self, ns: &str, key: &Key) -> Lookup {
+        let names = self.inner.names(ns, key);
+        match self.read(ns, key, &names).await {
+            Ok(Some(found)) => found,
+            Ok(None) => self.claim(key, &names).await,
+            Err(()) => Lookup::Unavailable,
+        }
+    }
+
+    /// The key's entry, if it has one that reads, without claiming its
+    /// lease: one `HGET`.
+    pub(crate) async fn peek(&self, ns: &str, key: &Key) -> Option<Arc<Record>> {
+        let names = self.inner.names(ns, key);
+        match self.read(ns, key, &names).await {
+            Ok(Some(Lookup::Hit(record))) => Some(record),
+            _ => None,
+        }
+    }
+
+    /// The entry's record, read: `Ok(None)` when there is none, `Err` when
+    /// Redis did not answer. A hit is counted.
+    async fn read(&self, ns: &str, key: &Key, names: &Names) -> Result<Option<Lookup>, ()> {
         let inner = &self.inner;
-        let names = inner.names(ns, key);
         let mut conn = inner.conn.clone();
         let read = async {
             let mut get = redis::cmd("HGET");
@@ -51,12 +71,11 @@ impl RedisStore {
                 if matches!(found, Lookup::Hit(_)) {
                     self.count_l1_hit(ns, key);
                 }
-                return found;
+                Ok(Some(found))
             }
-            Ok(_) => {}
-            Err(_) => return Lookup::Unavailable,
+            Ok(_) => Ok(None),
+            Err(_) => Err(()),
         }
-        self.claim(key, &names).await
     }
 
     /// The look-up-or-claim script, after a read that found no record.
