@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Response};
+use http::HeaderMap;
 use http_body::Body;
 
 use super::{
@@ -15,11 +15,11 @@ use super::{
     Engine,
 };
 use crate::{
-    body::{RequestBody, ResponseBody},
+    body::RequestBody,
     cache_status::CacheStatus,
     error::BoxError,
     flight::{Joined, Role},
-    record::now_millis,
+    record::{now_millis, Record},
 };
 
 impl Engine {
@@ -47,10 +47,9 @@ impl Engine {
                 if record.info.provisional {
                     // Boxed: a rare path, which an ordinary hit's future
                     // should not carry.
-                    let shared = Box::pin(self.shared_over_provisional(job, pending.headers()));
-                    if let Some(hit) = shared.await {
-                        return Ok(hit);
-                    }
+                    let (record, outcome) =
+                        Box::pin(self.over_provisional(job, record, pending.headers())).await;
+                    return Ok(self.hit(job, &record, outcome));
                 }
                 return Ok(self.hit_at(job, &record, Outcome::HitL1, now));
             }
@@ -112,13 +111,20 @@ impl Engine {
                     // leaves the map, and it left before this leader came).
                     if self.l1.generation(&job.key) != generation {
                         if let Some(record) = self.l1.get(&job.key).await {
-                            // A provisional copy gives way to the shared
-                            // store's entry, which the leader's path reads.
-                            if !record.info.provisional
-                                && self.fits(job, &record, pending.headers())
-                            {
+                            if self.fits(job, &record, pending.headers()) {
+                                let (record, outcome) = match record.info.provisional {
+                                    true => {
+                                        Box::pin(self.over_provisional(
+                                            job,
+                                            record,
+                                            pending.headers(),
+                                        ))
+                                        .await
+                                    }
+                                    false => (record, Outcome::HitL1),
+                                };
                                 leader.replay(Arc::clone(&record));
-                                return Ok(self.hit(job, &record, Outcome::HitL1));
+                                return Ok(self.hit(job, &record, outcome));
                             }
                         }
                     }
@@ -131,23 +137,26 @@ impl Engine {
         }
     }
 
-    /// The shared store's entry, replayed and kept in L1 in place of the
-    /// provisional copy found there, if the shared store has one for this
-    /// request: the copy was this instance's own call in place of another
-    /// instance's, whose answer, once stored, is the one every instance
-    /// gives. Without one (not stored yet, or the store unreadable), the
-    /// copy stands.
-    async fn shared_over_provisional<B>(
+    /// What to replay for a provisional copy found in L1: the shared
+    /// store's entry, kept in L1 in its place, if the shared store has one
+    /// for this request; else the copy. The copy was this instance's own
+    /// call in place of another instance's, whose answer, once stored, is
+    /// the one every instance gives; until then, or while the store cannot
+    /// be read, the copy stands. Each hit on a copy costs one read of the
+    /// shared store, as a hit there does.
+    async fn over_provisional(
         &self,
         job: &Job,
+        copy: Arc<Record>,
         headers: &HeaderMap,
-    ) -> Option<Response<ResponseBody<B>>> {
-        let record = self.l2.peek(&job.ns, &job.key).await?;
-        if !self.fits(job, &record, headers) {
-            return None;
+    ) -> (Arc<Record>, Outcome) {
+        match self.l2.peek(&job.ns, &job.key).await {
+            Some(record) if self.fits(job, &record, headers) => {
+                self.l1.insert(job.key, Arc::clone(&record)).await;
+                (record, Outcome::HitL2)
+            }
+            _ => (copy, Outcome::HitL1),
         }
-        self.l1.insert(job.key, Arc::clone(&record)).await;
-        Some(self.hit(job, &record, Outcome::HitL2))
     }
 
     /// Calls upstream for a request no flight can serve, without a flight

@@ -757,7 +757,9 @@ async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
         })
         .await;
 
-        // Stored: B gives A's answer, as C does, and keeps giving it.
+        // Stored: B gives A's answer, as C does, and keeps giving it: read
+        // from Redis once, in place of the copy, then from L1.
+        let before = b.stats().hits;
         for round in 0..2 {
             let (status, on_b) = status_and_body(send(&service_b, key_mode).await).await;
             assert!(status.starts_with("tower-idempotency; hit"), "{status}");
@@ -770,6 +772,8 @@ async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
             assert!(status.starts_with("tower-idempotency; hit"), "{status}");
             assert_complete(&on_c, A, "C");
         }
+        let after = b.stats().hits;
+        assert_eq!((after.l2 - before.l2, after.l1 - before.l1), (1, 1));
         assert_eq!((calls_a.get(), calls_b.get(), calls_c.get()), (1, 1, 0));
     }
 }
