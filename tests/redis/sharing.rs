@@ -434,6 +434,52 @@ async fn a_refresh_evicts_the_entry_from_every_instances_l1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_read_before_the_first_subscription_do_not_outlive_a_refresh_it_missed() {
+    // B's user may read entries but not subscribe to the events channel
+    // yet: B is connected, its subscriber keeps retrying. An entry B reads
+    // into its L1 meanwhile may miss the refresh that replaces it; once B
+    // subscribes, what its L1 holds from before cannot be trusted.
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "late",
+        "on",
+        ">secret",
+        "~*",
+        "resetchannels",
+        "+@all",
+    ]);
+    let (inner, calls) = numbered();
+    let a = instance(store(&server.url())).await.layer(inner.clone());
+    let b_url = format!("redis://late:secret@127.0.0.1:{}/", server.port());
+    let b_layer = instance(store(&b_url)).await;
+    let b = b_layer.clone().layer(inner);
+    let request = post("/", "q");
+    fetch(&a, request.clone()).await;
+    assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
+    let mut refresh = request.clone();
+    refresh
+        .headers_mut()
+        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+    assert_eq!(&fetch(&a, refresh).await.body[..], b"answer #2");
+    // Missed by B, which is not subscribed yet.
+    assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
+
+    server.cli(&["ACL", "SETUSER", "late", "allchannels"]);
+    // The subscriber retries with a backoff of up to 2 s.
+    let emptied = timeout(Duration::from_secs(10), async {
+        while b_layer.l1_usage().await.0 != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(emptied.is_ok(), "b kept what it read before it subscribed");
+    assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #2");
+    assert_eq!(calls.get(), 2, "b read the fresh answer from redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_add_up_across_instances_that_share_a_secret() {
     let server = RedisServer::start();
     let instance = || async {

@@ -12,8 +12,10 @@
 //! may go through any node: it uses the first node that answers (the seeds
 //! given, then the nodes found at connect), and moves to the next when its
 //! node goes away or stops answering its pings. Messages sent while it moves
-//! are lost, so on every new subscription but the first the waiters look
-//! again and every L1 is told to drop everything ([`Invalidation::Missed`]).
+//! are lost, and so are those sent before the first subscription, while the
+//! store already serves (its first subscription may take retries): so on
+//! every subscription, the first included, the waiters look again and every
+//! L1 is told to drop everything ([`Invalidation::Missed`]).
 
 use std::{
     future::poll_fn,
@@ -112,7 +114,6 @@ pub(super) async fn subscribe(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut next = 0;
-    let mut subscribed_before = false;
     loop {
         let Some(client) = nodes.get(next % nodes.len().max(1)) else {
             return;
@@ -127,11 +128,11 @@ pub(super) async fn subscribe(
                 backoff = Duration::from_millis(50);
                 let Some(store) = inner.upgrade() else { return };
                 store.waiters.wake_all();
-                if subscribed_before {
-                    // Purges and refreshes sent meanwhile were missed.
-                    store.invalidate(Invalidation::Missed);
-                }
-                subscribed_before = true;
+                // Purges and refreshes sent before this subscription were
+                // missed: since the last one, or, for the first, since the
+                // store began to serve (entries read from Redis meanwhile
+                // may be stale).
+                store.invalidate(Invalidation::Missed);
                 drop(store);
                 let (mut sink, mut messages) = pubsub.split();
                 // A node that hangs (paused, partitioned) ends no stream: a
