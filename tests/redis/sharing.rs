@@ -400,6 +400,17 @@ async fn dropped_layers_release_their_l1() {
     assert!(eventually(Duration::from_secs(2), || redis.l1_subscribers() == 0).await);
 }
 
+/// `request` asking for a fresh answer, to store over the entry.
+fn refresh(
+    request: &http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut refresh = request.clone();
+    refresh
+        .headers_mut()
+        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+    refresh
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_evicts_the_entry_from_every_instances_l1() {
     let server = RedisServer::start();
@@ -410,11 +421,7 @@ async fn a_refresh_evicts_the_entry_from_every_instances_l1() {
     fetch(&a, request.clone()).await;
     assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
 
-    let mut refresh = request.clone();
-    refresh
-        .headers_mut()
-        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
-    assert_eq!(&fetch(&a, refresh).await.body[..], b"answer #2");
+    assert_eq!(&fetch(&a, refresh(&request)).await.body[..], b"answer #2");
     assert_eq!(calls.get(), 2);
     // b's L1 held the old answer: the refresh evicts it there too.
     let mut seen = Vec::new();
@@ -458,11 +465,7 @@ async fn entries_read_before_the_first_subscription_do_not_outlive_a_refresh_it_
     let request = post("/", "q");
     fetch(&a, request.clone()).await;
     assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
-    let mut refresh = request.clone();
-    refresh
-        .headers_mut()
-        .insert("cache-control", http::HeaderValue::from_static("no-cache"));
-    assert_eq!(&fetch(&a, refresh).await.body[..], b"answer #2");
+    assert_eq!(&fetch(&a, refresh(&request)).await.body[..], b"answer #2");
     // Missed by B, which is not subscribed yet.
     assert_eq!(&fetch(&b, request.clone()).await.body[..], b"answer #1");
 

@@ -699,6 +699,28 @@ async fn send<S: TestService>(
         .unwrap()
 }
 
+/// A leads and streams `data: 1`; B follows; B's stream reader is cut
+/// and B goes through, its own call continuing with `data: B-tail`, which
+/// its caller gets whole. Returns A's response, its body still streaming.
+async fn b_goes_through_on_its_own<SA: TestService, SB: TestService>(
+    server: &RedisServer,
+    service_a: &Idempotency<SA>,
+    service_b: &Idempotency<SB>,
+    feed: &Feed,
+    key_mode: bool,
+) -> Response<ResponseBody<TestBody>> {
+    let leader = send(service_a, key_mode).await;
+    feed.data("data: 1\n\n");
+    let follower = send(service_b, key_mode).await;
+    assert!(collapsed(&follower), "{:?}", follower.headers());
+    let mut follower = follower.into_body();
+    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
+    cut_the_stream_reader(server).await;
+    let followed = drain(follower, b"data: 1\n\n").await;
+    assert_complete(&followed, "data: 1\n\ndata: B-tail\n\n", "B's follower");
+    leader
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
     // Only B's stream reader fails: Redis and A carry on. B goes through,
@@ -729,15 +751,8 @@ async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
         let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
         let service_c = c.layer(inner_c);
 
-        let leader = send(&service_a, key_mode).await;
-        feed.data("data: 1\n\n");
-        let follower = send(&service_b, key_mode).await;
-        assert!(collapsed(&follower), "{:?}", follower.headers());
-        let mut follower = follower.into_body();
-        assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
-        cut_the_stream_reader(&server).await;
-        let followed = drain(follower, b"data: 1\n\n").await;
-        assert_complete(&followed, "data: 1\n\ndata: B-tail\n\n", "B's follower");
+        let leader =
+            b_goes_through_on_its_own(&server, &service_a, &service_b, &feed, key_mode).await;
         assert_eq!(calls_b.get(), 1);
 
         // A has not stored yet: B's copy stands.
@@ -791,15 +806,7 @@ async fn a_fall_back_answer_the_store_policy_refuses_is_not_kept() {
     let (inner_a, calls_a, feed) = fed();
     let (inner_b, calls_b) = answering(200, pieces(&["data: 1\n\n", "data: B-tail\n\n"]), false);
     let (service_a, service_b) = (a.layer(inner_a), b.layer(inner_b));
-    let leader = send(&service_a, false).await;
-    feed.data("data: 1\n\n");
-    let follower = send(&service_b, false).await;
-    assert!(collapsed(&follower), "{:?}", follower.headers());
-    let mut follower = follower.into_body();
-    assert_eq!(next_chunk(&mut follower).await, "data: 1\n\n");
-    cut_the_stream_reader(&server).await;
-    let followed = drain(follower, b"data: 1\n\n").await;
-    assert_complete(&followed, "data: 1\n\ndata: B-tail\n\n", "B's follower");
+    let leader = b_goes_through_on_its_own(&server, &service_a, &service_b, &feed, false).await;
     assert_eq!(calls_b.get(), 1);
     assert_eq!(b.l1_usage().await.0, 0, "B kept what its policy refuses");
     feed.data("data: 2\n\n");
