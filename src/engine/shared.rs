@@ -394,7 +394,7 @@ impl Engine {
         // while Redis is still failing. In L1 only, and provisional: the
         // shared store is the remote leader's to fill, and once it holds
         // the leader's answer, that is the one replayed here too
-        // (`shared_over_provisional`). The head's `Vary` digest holds for
+        // (`over_provisional`). The head's `Vary` digest holds for
         // the values this request sent only if the fresh answer varies on
         // the same headers.
         let terms = self.terms(&parts, Some(received), job);

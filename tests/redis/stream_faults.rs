@@ -663,19 +663,6 @@ async fn cut_the_stream_reader(server: &RedisServer) {
     assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &id]).trim(), "1");
 }
 
-/// What a cache-status header and a body read whole say, for assertions.
-async fn status_and_body<B>(response: Response<B>) -> (String, Read)
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    let status = response.headers()["cache-status"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (status, drain(response.into_body(), b"").await)
-}
-
 /// The question, with an `Idempotency-Key` in `key_mode`.
 fn question(key_mode: bool) -> Request<Full<Bytes>> {
     let mut request = chat(QUESTION);
@@ -756,9 +743,15 @@ async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
         assert_eq!(calls_b.get(), 1);
 
         // A has not stored yet: B's copy stands.
-        let (status, early) = status_and_body(send(&service_b, key_mode).await).await;
-        assert!(status.starts_with("tower-idempotency; hit"), "{status}");
-        assert_complete(&early, "data: 1\n\ndata: B-tail\n\n", "B before A stored");
+        let early = Answer::read(send(&service_b, key_mode).await).await;
+        assert!(
+            early.cache_status().starts_with("tower-idempotency; hit"),
+            "{early:?}"
+        );
+        assert_eq!(
+            early.body, "data: 1\n\ndata: B-tail\n\n",
+            "B before A stored"
+        );
 
         feed.data("data: A-tail\n\n");
         drop(feed);
@@ -776,16 +769,21 @@ async fn a_fall_back_copy_gives_way_to_the_leaders_entry_once_stored() {
         // from Redis once, in place of the copy, then from L1.
         let before = b.stats().hits;
         for round in 0..2 {
-            let (status, on_b) = status_and_body(send(&service_b, key_mode).await).await;
-            assert!(status.starts_with("tower-idempotency; hit"), "{status}");
-            assert_complete(
-                &on_b,
-                A,
-                &format!("B after A stored, key mode {key_mode}, #{round}"),
+            let on_b = Answer::read(send(&service_b, key_mode).await).await;
+            assert!(
+                on_b.cache_status().starts_with("tower-idempotency; hit"),
+                "{on_b:?}"
             );
-            let (status, on_c) = status_and_body(send(&service_c, key_mode).await).await;
-            assert!(status.starts_with("tower-idempotency; hit"), "{status}");
-            assert_complete(&on_c, A, "C");
+            assert_eq!(
+                on_b.body, A,
+                "B after A stored, key mode {key_mode}, #{round}"
+            );
+            let on_c = Answer::read(send(&service_c, key_mode).await).await;
+            assert!(
+                on_c.cache_status().starts_with("tower-idempotency; hit"),
+                "{on_c:?}"
+            );
+            assert_eq!(on_c.body, A, "C");
         }
         let after = b.stats().hits;
         assert_eq!((after.l2 - before.l2, after.l1 - before.l1), (1, 1));
